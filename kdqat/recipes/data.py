@@ -1,0 +1,51 @@
+"""Task data as dicts of tensors for the training loop, whatever the task's source.
+
+Encoder splits: {"input_ids", "attention_mask", "token_type_ids", "labels", "lengths"} [N, S] / [N],
+padded to the task's max_len as the official pipeline does (SPEC §1.1: MSE losses include padding,
+so the padded length is part of the protocol). LM splits: LongTensor [n_blocks, block].
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from kdqat.data.tasks import TaskSpec
+
+ENCODER_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "lengths")
+
+
+def _call(loader: str, *args, **kw):
+    mod, fn = loader.split(":")
+    return getattr(importlib.import_module(mod), fn)(*args, **kw)
+
+
+def _to_tensors(ds) -> dict:
+    if isinstance(ds, dict):
+        return {k: torch.as_tensor(ds[k]) for k in ENCODER_COLUMNS if k in ds}
+    cols = [c for c in ENCODER_COLUMNS if c in ds.column_names]
+    return {c: torch.as_tensor(ds.with_format("numpy")[c]) for c in cols}
+
+
+def _cap(d: dict, n: int | None) -> dict:
+    return d if not n else {k: v[:n] for k, v in d.items()}
+
+
+def encoder_data(task: TaskSpec, tokenizer, train_cfg: dict, seed: int) -> dict:
+    """{"train": tensors, "dev": [tensors per dev split]}; ``train_cfg`` may cap sizes with
+    ``max_train_examples`` / ``max_dev_examples`` (demo and smoke tables)."""
+    if task.loader.startswith("kdqat.data.encoder:"):
+        splits = _call(task.loader, task, tokenizer)
+    else:
+        splits = _call(task.loader, task=task, tokenizer=tokenizer)
+    train = _cap(_to_tensors(splits[task.train_split]), train_cfg.get("max_train_examples"))
+    devs = [_cap(_to_tensors(splits[s]), train_cfg.get("max_dev_examples")) for s in task.dev_splits]
+    if "token_type_ids" not in train:
+        for d in [train, *devs]:
+            d["token_type_ids"] = torch.zeros_like(d["input_ids"])
+    return {"train": train, "dev": devs}
+
+
+def model_inputs(batch: dict) -> dict:
+    """The keyword arguments of an HF encoder forward."""
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
