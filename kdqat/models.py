@@ -10,8 +10,8 @@ model and how to make it available.
 from __future__ import annotations
 
 import os
-import socket
-from urllib.parse import urlparse
+
+from kdqat import hub
 
 FAMILIES = ("bert", "roberta", "gpt2", "opt", "llama", "gpt_neo")
 
@@ -77,18 +77,6 @@ def get_entry(name: str, extra: dict | None = None) -> dict:
     return table[name]
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    from huggingface_hub import constants
-    host = urlparse(constants.ENDPOINT).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _unavailable(name: str, entry: dict, why: str) -> ModelUnavailable:
     hub = entry.get("hub")
     how = (f"download it on a connected machine (`hf download {hub}`) and copy the Hugging Face cache "
@@ -109,7 +97,7 @@ def _from_pretrained(cls, name: str, entry: dict, **kw):
         return cls.from_pretrained(src, local_files_only=True, **kw)
     except OSError:
         pass
-    if not _hub_reachable():
+    if hub.offline() or not hub.hub_reachable():
         raise _unavailable(name, entry, "not in the local cache and the Hugging Face hub is unreachable")
     return cls.from_pretrained(src, **kw)
 

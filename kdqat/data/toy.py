@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 
-def toy_cls(n_train: int = 256, n_dev: int = 64, max_len: int = 32, vocab: int = 128, seed: int = 0) -> dict:
+def toy_cls(n_train: int = 512, n_dev: int = 128, max_len: int = 32, vocab: int = 128, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     out = {}
     for split, n in (("train", n_train), ("dev", n_dev)):
@@ -47,3 +47,13 @@ def toy_lm(n_train: int = 64, n_dev: int = 16, block: int = 64, vocab: int = 128
             x[:, t] = torch.where(noise, torch.randint(0, vocab, (n,), generator=g), nxt)
         out[split] = x
     return out
+
+
+def load_toy_cls(task, tokenizer=None) -> dict:
+    """Task loader (``TaskSpec.loader``) of ``toy_cls``: {"train", "dev"} dicts of tensors."""
+    return toy_cls(max_len=task.max_len)
+
+
+def load_toy_lm(task, tokenizer=None) -> dict:
+    """Task loader of ``toy_lm``: {"train", "validation"} LongTensor blocks."""
+    return toy_lm(block=task.max_len)

@@ -161,11 +161,12 @@ def learned_scale_ternary(w: torch.Tensor, gamma: torch.Tensor, granularity: str
 
     c = γ·mean|W| (per row of ``w`` or per tensor; γ has shape [rows, 1] or [1, 1]);
     Q = c·round_ste(clamp(W, −c, c)/c) ∈ {−c, 0, c}. Gradients reach γ through c and W through
-    the clamp (zero outside ±c) with an identity round.
+    the clamp (zero outside ±c) with an identity round. A row with c = 0 (all-zero row) gives Q = 0
+    instead of 0/0 = NaN.
     """
     v = rows_view(w, granularity)
     c = gamma * v.detach().abs().mean(dim=1, keepdim=True)
-    u = torch.clamp(v, -c, c) / c
+    u = torch.clamp(v, -c, c) / torch.where(c != 0, c, torch.ones_like(c))
     return (c * round_ste(u)).reshape(w.shape)
 
 

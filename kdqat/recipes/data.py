@@ -6,6 +6,7 @@ so the padded length is part of the protocol). LM splits: LongTensor [n_blocks, 
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import torch
@@ -34,10 +35,9 @@ def _cap(d: dict, n: int | None) -> dict:
 def encoder_data(task: TaskSpec, tokenizer, train_cfg: dict, seed: int) -> dict:
     """{"train": tensors, "dev": [tensors per dev split]}; ``train_cfg`` may cap sizes with
     ``max_train_examples`` / ``max_dev_examples`` (demo and smoke tables)."""
-    if task.loader.startswith("kdqat.data.encoder:"):
-        splits = _call(task.loader, task, tokenizer)
-    else:
-        splits = _call(task.loader, task=task, tokenizer=tokenizer)
+    if train_cfg.get("max_len") and train_cfg["max_len"] != task.max_len:
+        task = dataclasses.replace(task, max_len=int(train_cfg["max_len"]))
+    splits = _call(task.loader, task, tokenizer)
     train = _cap(_to_tensors(splits[task.train_split]), train_cfg.get("max_train_examples"))
     devs = [_cap(_to_tensors(splits[s]), train_cfg.get("max_dev_examples")) for s in task.dev_splits]
     if "token_type_ids" not in train:

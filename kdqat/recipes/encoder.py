@@ -29,6 +29,7 @@ class EncoderJob:
     method: str | None = None        # None: full-precision fine-tune (teacher)
     params: dict = field(default_factory=dict)
     quant: str = "kim2022_w2a8"
+    quant_overrides: dict = field(default_factory=dict)
     model_extra: dict | None = None  # a table's own [models] entries
 
 
@@ -89,9 +90,11 @@ def finetune(job: EncoderJob, model, tokenizer, ckpt_path=None, on_log=None) -> 
     task = get_task(job.task)
     data = encoder_data(task, tokenizer, job.train, job.seed)
     cfg = loop_config(job, task, data["train"]["input_ids"].shape[0], teacher=True)
-    if job.train.get("teacher_eval") != "periodic":
-        cfg.eval_every = 10**9  # run_glue evaluates the final model only
+    if job.train.get("selection", "last") == "last":
+        cfg.eval_every = 10**9  # run_glue evaluates the final model only (SPEC §1.3)
         cfg.eval_at = "end"
+    else:
+        cfg.keep_best_weights = True
 
     def loss_fn(batch, phase, step):
         return model(**model_inputs(batch), labels=_labels(task, batch)).loss, {}
@@ -116,17 +119,17 @@ def qat_kd(job: EncoderJob, teacher, student, tokenizer, ckpt_path=None, on_log=
     cfg = loop_config(job, task, data["train"]["input_ids"].shape[0], teacher=False)
     protocol = {**job.protocol, "task_type": task.kind}
     method = build_method(job.method, {k: v for k, v in job.params.items() if k != "schedule"}, protocol)
-    report = quantize_model(student, job.quant)
+    report = quantize_model(student, job.quant, act_clip=protocol.get("act_clip", 2.5), **job.quant_overrides)
     teacher.eval().requires_grad_(False)
     schedule = job.params.get("schedule", "none")
     t_needs = set(method.needs) | ({"probs", "context", "attn_output"} if schedule != "none" else set())
-    act_bits = getattr(report, "act_bits", 8) if protocol.get("attn_internal_quant", True) else None
+    act_bits = report.act_bits if protocol.get("attn_internal_quant", True) else None
     rng = random.Random(job.seed)
     s_len = cfg.phases[0].steps
 
     with Capture(teacher, record=t_needs) as tcap, \
             Capture(student, record=method.needs, act_quant_bits=act_bits,
-                    act_quant_clip=protocol.get("act_clip", 2.5)) as scap:
+                    act_quant_clip=report.act_clip) as scap:
         def loss_fn(batch, phase, step):
             tcap.clear(), scap.clear()
             inputs = model_inputs(batch)
