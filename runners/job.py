@@ -1,12 +1,19 @@
 """Execute one job (cell × seed): build models and data, call the recipe, write the record.
 
 A job config is the registry's fully resolved dict (``runners.registry``): role ("teacher" |
-"qat"), model, task, method, params, quant, train, protocol, seed, kind ("encoder"|"decoder").
+"qat" | "ptq"; "ptq" is decoder-only, SPEC §7.8), model, task, method, params, quant, train,
+protocol, seed, kind ("encoder"|"decoder"). Decoder jobs (``kdqat.recipes.decoder``) also get the
+data sources named by the environment: ``KDQAT_DATA_DIR`` (a folder with one
+``DatasetDict.save_to_disk`` copy per task name, used instead of the hub) and
+``KDQAT_LM_EVAL_TASKS`` (a folder of lm-eval YAML templates used instead of lm-eval's built-in
+tasks); both are recorded in the result ("sources").
 Failures never raise out of ``execute``: they become a ``failure.json`` with status
-"unavailable" (model/data cannot be had here) or "failed" (anything else), and the runner goes on.
+"unavailable" (model/data cannot be had here, or the registry marks the job ``unavailable``: such
+a job is refused before anything is loaded) or "failed" (anything else), and the runner goes on.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import traceback
@@ -27,6 +34,26 @@ def _model_extra(cfg: dict) -> dict | None:
     return {m["name"]: m} if isinstance(m, dict) and "family" in m else None
 
 
+def data_sources() -> dict:
+    """Local data sources for decoder jobs from the environment (module docstring)."""
+    return {"data_dir": os.environ.get("KDQAT_DATA_DIR") or None,
+            "lm_eval_tasks": os.environ.get("KDQAT_LM_EVAL_TASKS") or None}
+
+
+PTQ_DATA_KEYS = ("batch_size", "max_len", "max_train_examples", "max_dev_examples")
+
+
+def recipe_config(job) -> dict:
+    """The config handed to the recipe: the job's, except that a PTQ job (which has no training
+    settings) takes its data settings from its teacher's ``train`` (``PTQ_DATA_KEYS``), so that it
+    is calibrated and evaluated on the data its FP row was selected on."""
+    cfg = job.config
+    teacher = getattr(job, "teacher", None)
+    if cfg["role"] != "ptq" or teacher is None:
+        return cfg
+    return {**cfg, "train": {k: v for k, v in teacher.config.get("train", {}).items() if k in PTQ_DATA_KEYS}}
+
+
 def _run(cfg: dict, jdir: Path, teacher_dir: Path | None, device: str, on_log) -> dict:
     import torch
 
@@ -39,7 +66,7 @@ def _run(cfg: dict, jdir: Path, teacher_dir: Path | None, device: str, on_log) -
     ckpt = jdir / "ckpt.pt"
     if kind == "decoder":
         from kdqat.recipes import decoder as recipe
-        return recipe.run(cfg, jdir, teacher_dir, device, ckpt, on_log)
+        return recipe.run(cfg, jdir, teacher_dir, device, ckpt, on_log, sources=data_sources())
     from kdqat.data.tasks import get_task
     from kdqat.recipes import encoder as recipe
     task = get_task(cfg["task"])
@@ -71,6 +98,10 @@ def execute(job, device: str = "cpu", root: Path | None = None, on_log=None) -> 
     cfg = job.config
     base = {"job": job.hash, "cells": list(job.cells), "config": cfg, "seed": cfg["seed"],
             "role": cfg["role"], "device": device}
+    if getattr(job, "unavailable", None):  # e.g. ULM-large: refused up front, nothing is loaded
+        fail = {**base, "status": "unavailable", "error": job.unavailable}
+        records.write_json_atomic(jdir / "failure.json", fail)
+        return fail
     teacher_dir = None
     if getattr(job, "teacher", None) is not None:
         teacher_dir = records.job_dir(job.teacher.hash, root) / "model"
@@ -83,7 +114,7 @@ def execute(job, device: str = "cpu", root: Path | None = None, on_log=None) -> 
             return fail
     t0 = time.time()
     try:
-        res = _run(cfg, jdir, teacher_dir, device, on_log)
+        res = _run(recipe_config(job), jdir, teacher_dir, device, on_log)
     except Exception as e:  # noqa: BLE001 - every failure becomes a record; the sweep goes on
         status = "unavailable" if type(e).__name__ in UNAVAILABLE else "failed"
         fail = {**base, "status": status, "error": f"{type(e).__name__}: {e}",
@@ -94,6 +125,8 @@ def execute(job, device: str = "cpu", root: Path | None = None, on_log=None) -> 
               "score": res["best"]["report"], "score_last": res["last"]["report"],
               "curves": res["curves"], "steps": res["steps"], "resumed_from": res.get("resumed_from"),
               "quant_report": res.get("quant_report"), "protocol": cfg.get("protocol", {}),
+              **({"data": res["data"], "sources": data_sources()} if "data" in res else {}),
+              **({"lm_eval": res["lm_eval"]} if "lm_eval" in res else {}),
               "versions": records.versions(), "git_commit": records.git_commit(),
               "wall_s": res["wall_s"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     records.write_json_atomic(jdir / "result.json", record)

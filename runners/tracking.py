@@ -44,9 +44,10 @@ def mirror(table_id: str, record: dict, cells: list[str]) -> None:
                 "job_hash": record["job"], "role": record["role"], "cells": ",".join(cells)}
         run = client.create_run(exp_id, tags=tags, run_name=f"{row}/{column}/s{record['seed']}")
         rid = run.info.run_id
-        for k, v in list(_flat(record["config"]).items())[:400]:
-            client.log_param(rid, k[:250], str(v)[:6000])
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, Param
+        params = [Param(k[:250], str(v)[:6000]) for k, v in list(_flat(record["config"]).items())[:400]]
+        for i in range(0, len(params), 100):
+            client.log_batch(rid, params=params[i:i + 100])
         ms = [Metric("train_loss", v, 0, s) for s, v in record["curves"]["train_loss"]]
         for s, m in record["curves"]["eval"]:
             ms += [Metric(f"dev_{k}", float(v), 0, s) for k, v in m.items() if isinstance(v, (int, float))]

@@ -130,8 +130,7 @@ def qat_kd(job: EncoderJob, teacher, student, tokenizer, ckpt_path=None, on_log=
     with Capture(teacher, record=t_needs) as tcap, \
             Capture(student, record=method.needs, act_quant_bits=act_bits,
                     act_quant_clip=report.act_clip) as scap:
-        def loss_fn(batch, phase, step):
-            tcap.clear(), scap.clear()
+        def loss_fn(batch, phase, step):  # records reset at every forward (kdqat.capture)
             inputs = model_inputs(batch)
             with torch.no_grad():
                 t_logits = teacher(**inputs).logits
@@ -150,9 +149,7 @@ def qat_kd(job: EncoderJob, teacher, student, tokenizer, ckpt_path=None, on_log=
 
         def eval_clean():
             scap.intervene(None, None)
-            out = eval_fn()
-            scap.clear()
-            return out
+            return eval_fn()
 
         result = loop.train(student, data["train"], cfg, loss_fn, eval_clean, ckpt_path, on_log, on_phase)
     result["quant_report"] = report.to_dict() if hasattr(report, "to_dict") else str(report)
