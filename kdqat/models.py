@@ -3,7 +3,8 @@ and tiny randomly initialised models built from a config (tests, smoke tables).
 
 A catalogue entry is a plain dict so that the registry validator can read it without importing
 torch: ``{"hub": id|None, "family": ..., "available": bool, "note": str, "config": dict|None,
-"asset": name|None, "params_b": float}``. Loading never hangs on an unreachable hub: a local-cache
+"asset": name|None, "params_b": float}`` and, for a config-built model with a real tokenizer,
+``"tokenizer": name`` (a key of ``TOKENIZERS``, e.g. ``"gpt2"``: the offline GPT-2 BPE). Loading never hangs on an unreachable hub: a local-cache
 attempt comes first, then a short reachability probe, then a ``ModelUnavailable`` that names the
 model and how to make it available.
 """
@@ -31,6 +32,11 @@ _TINY_BERT = dict(model_type="bert", vocab_size=128, hidden_size=32, num_hidden_
 _TINY_GPT2 = dict(model_type="gpt2", vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64)
 _TINY_OPT = dict(model_type="opt", vocab_size=128, hidden_size=32, num_hidden_layers=2,
                  num_attention_heads=4, ffn_dim=64, max_position_embeddings=64, word_embed_proj_dim=32)
+# Offline demo decoder (registry/demo_gpt2_text.toml): GPT-2 shape with the real GPT-2 BPE (vocab
+# 50257, tied lm_head), pretrained locally on lm_text as the teacher. Dropout 0: the teacher sees
+# ~1-2 epochs of a small corpus, where dropout only slows learning.
+_DEMO_GPT2 = dict(model_type="gpt2", vocab_size=50257, n_embd=256, n_layer=4, n_head=4, n_positions=256,
+                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=50256, eos_token_id=50256)
 _TINY_LLAMA = dict(model_type="llama", vocab_size=128, hidden_size=32, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=4, intermediate_size=64,
                    max_position_embeddings=64)
@@ -66,7 +72,15 @@ CATALOGUE: dict[str, dict] = {
                  "params_b": 0.0, "note": "random init from config"},
     "tiny-llama": {"hub": None, "family": "llama", "available": True, "config": _TINY_LLAMA, "asset": None,
                    "params_b": 0.0, "note": "random init from config"},
+    # offline demo (random init from config + a real tokenizer from kdqat.assets, see TOKENIZERS)
+    "gpt2-demo": {"hub": None, "family": "gpt2", "available": True, "config": _DEMO_GPT2, "asset": None,
+                  "tokenizer": "gpt2", "params_b": 0.0161,
+                  "note": "GPT-2 shape (4 layers, 256 wide, 4 heads), real GPT-2 BPE from the openai-whisper "
+                          "sdist (python -m kdqat.assets fetch); pretrained locally as the demo teacher"},
 }
+
+# Tokenizers of config-built entries (``"tokenizer"`` key): name -> zero-argument loader.
+TOKENIZERS = {"gpt2": "kdqat.assets:gpt2_tokenizer"}
 
 
 def get_entry(name: str, extra: dict | None = None) -> dict:
@@ -126,9 +140,17 @@ def load_model(name: str, *, head: str, num_labels: int = 2, extra: dict | None 
 
 
 def load_tokenizer(name: str, extra: dict | None = None):
-    """Tokenizer of a hub/asset model; None for tiny config models (toy tasks give ids)."""
+    """Tokenizer of a hub/asset model; for a config-built entry the one its ``"tokenizer"`` key names
+    in ``TOKENIZERS`` (e.g. the real GPT-2 BPE), else None (tiny models: toy tasks give ids)."""
+    import importlib
+
     import transformers as tf
     entry = get_entry(name, extra)
+    if entry.get("tokenizer"):
+        if entry["tokenizer"] not in TOKENIZERS:
+            raise KeyError(f"model {name!r}: unknown tokenizer {entry['tokenizer']!r}; known: {', '.join(TOKENIZERS)}")
+        mod, fn = TOKENIZERS[entry["tokenizer"]].split(":")
+        return getattr(importlib.import_module(mod), fn)()
     if entry.get("config"):
         return None
     if not entry.get("available", True):

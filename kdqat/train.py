@@ -59,7 +59,7 @@ def steps_per_epoch(n: int, batch_size: int, rule: str = "ceil") -> int:
 
 def _batch(data: dict, order: torch.Tensor, i: int, bs: int) -> dict:
     idx = order[i * bs:(i + 1) * bs]
-    return {k: v[idx] for k, v in data.items()}
+    return {k: v[idx.to(v.device)] for k, v in data.items()}
 
 
 def train(model: torch.nn.Module, data: dict, cfg: LoopConfig, loss_fn: Callable, eval_fn: Callable,
@@ -69,7 +69,10 @@ def train(model: torch.nn.Module, data: dict, cfg: LoopConfig, loss_fn: Callable
     Returns {"best": metrics at the best evaluation, "last": metrics at the last evaluation,
     "curves": {"train_loss": [(step, v)], "eval": [(step, metrics)]}, "steps": n, "wall_s": t,
     "resumed_from": step or None}. A checkpoint (if ``ckpt_path``) is written every
-    ``cfg.checkpoint_every`` global steps and at the end; an existing one is resumed from.
+    ``cfg.checkpoint_every`` global steps (not after the last step: the caller writes the result);
+    an existing one is resumed from, bitwise like an uninterrupted run. It records the index of the
+    phase whose optimizer it holds: a checkpoint taken at the end of a phase restores weights, RNG
+    and curves but the next phase starts with a fresh optimizer, as it would have (SPEC §5.3).
     """
     n = next(iter(data.values())).shape[0]
     spe = steps_per_epoch(n, cfg.batch_size)
@@ -107,15 +110,18 @@ def train(model: torch.nn.Module, data: dict, cfg: LoopConfig, loss_fn: Callable
                                            cfg.warmup, cfg.max_grad_norm)
         if on_phase:
             on_phase(phase.name)
-        if saved is not None:  # resume inside this phase
+        fresh = True
+        if saved is not None:  # resume inside this phase, or at its start (saved at the previous one's end)
             model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
             set_rng_state(saved["rng"])
             for k in ("step", "best", "last", "curves", "best_state", "wall_s"):
                 st[k] = saved[k]
+            if saved.get("phase", pi) == pi:  # one saved at a phase boundary holds the OLD optimizer
+                opt.load_state_dict(saved["optimizer"])
+                sched.load_state_dict(saved["scheduler"])
+                fresh = False
             resumed_from, saved = st["step"], None
-        elif phase.evaluate and cfg.eval_at_start and st["step"] == start_global:
+        if fresh and phase.evaluate and cfg.eval_at_start and st["step"] == start_global:
             evaluate(st["step"])
         model.train()
         order, order_epoch = None, -1
@@ -146,8 +152,9 @@ def train(model: torch.nn.Module, data: dict, cfg: LoopConfig, loss_fn: Callable
                     and st["step"] < total:
                 st["wall_s"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                checkpoint.save(ckpt_path, {**st, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                            "scheduler": sched.state_dict(), "rng": rng_state()})
+                checkpoint.save(ckpt_path, {**st, "phase": pi, "model": model.state_dict(),
+                                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                            "rng": rng_state()})
         start_global = end_global
     if st["last"] is None:
         evaluate(st["step"])  # a run too short for any periodic evaluation still gets one

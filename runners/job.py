@@ -1,7 +1,8 @@
 """Execute one job (cell × seed): build models and data, call the recipe, write the record.
 
 A job config is the registry's fully resolved dict (``runners.registry``): role ("teacher" |
-"qat" | "ptq"; "ptq" is decoder-only, SPEC §7.8), model, task, method, params, quant, train,
+"qat" | "ptq" | "approx"; "ptq" is decoder-only, SPEC §7.8; "approx" (NN-LUT / I-BERT
+non-linearities swapped into the FP teacher, ``kdqat.recipes.approx``) encoder-only), model, task, method, params, quant, train,
 protocol, seed, kind ("encoder"|"decoder"). Decoder jobs (``kdqat.recipes.decoder``) also get the
 data sources named by the environment: ``KDQAT_DATA_DIR`` (a folder with one
 ``DatasetDict.save_to_disk`` copy per task name, used instead of the hub) and
@@ -44,12 +45,12 @@ PTQ_DATA_KEYS = ("batch_size", "max_len", "max_train_examples", "max_dev_example
 
 
 def recipe_config(job) -> dict:
-    """The config handed to the recipe: the job's, except that a PTQ job (which has no training
-    settings) takes its data settings from its teacher's ``train`` (``PTQ_DATA_KEYS``), so that it
-    is calibrated and evaluated on the data its FP row was selected on."""
+    """The config handed to the recipe: the job's, except that a PTQ or approx job (which has no
+    training settings) takes its data settings from its teacher's ``train`` (``PTQ_DATA_KEYS``), so
+    that it is calibrated and evaluated on the data its FP row was selected on."""
     cfg = job.config
     teacher = getattr(job, "teacher", None)
-    if cfg["role"] != "ptq" or teacher is None:
+    if cfg["role"] not in ("ptq", "approx") or teacher is None:
         return cfg
     return {**cfg, "train": {k: v for k, v in teacher.config.get("train", {}).items() if k in PTQ_DATA_KEYS}}
 
@@ -82,6 +83,10 @@ def _run(cfg: dict, jdir: Path, teacher_dir: Path | None, device: str, on_log) -
         model.save_pretrained(jdir / "model")
         return res
     from transformers import AutoModelForSequenceClassification as Auto
+    if cfg["role"] == "approx":
+        from kdqat.recipes.approx import run_approx
+        model = Auto.from_pretrained(teacher_dir, attn_implementation="sdpa").to(device)
+        return run_approx(cfg, model, tok, device, on_log)
     teacher = Auto.from_pretrained(teacher_dir, attn_implementation="sdpa").to(device)
     student = Auto.from_pretrained(teacher_dir, attn_implementation="sdpa").to(device)
     torch.manual_seed(int(cfg["seed"]))
@@ -130,7 +135,7 @@ def execute(job, device: str = "cpu", root: Path | None = None, on_log=None) -> 
               "versions": records.versions(), "git_commit": records.git_commit(),
               "wall_s": res["wall_s"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     records.write_json_atomic(jdir / "result.json", record)
-    for stale in ("failure.json", "ckpt.pt"):
+    for stale in ("failure.json", "ckpt.pt", *(p.name for p in jdir.glob("*.tmp*"))):  # + a kill's half-writes
         (jdir / stale).unlink(missing_ok=True)
     shutil.rmtree(jdir / "tmp", ignore_errors=True)
     return record

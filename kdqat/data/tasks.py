@@ -43,6 +43,8 @@ class TaskSpec:
     ``eval_interval``: steps between dev evaluations per protocol (SPEC §1.2), no DA;
     ``eval_interval_da``: the same with data augmentation, where the code defines one.
     ``dev_splits[0]`` is the selection split; ``dev_prefixes`` has one prefix per dev split.
+    ``train_size``: examples in the train split (None: unknown without loading it); the registry's
+    dry run prints step counts from it (SPEC §6.1: t_total = ceil(train_size / bs) · epochs).
     ``loader``: ``"module:function"`` giving model-ready splits (encoder tasks:
     :func:`kdqat.data.encoder.load_encoder_task`). ``raw_loader``: for offline encoder tasks, a
     ``"module:function"`` called with no argument returning ``{split: rows}`` of raw text.
@@ -63,6 +65,7 @@ class TaskSpec:
     batch_size: int = 32
     eval_interval: Mapping[str, int] = field(default_factory=dict, hash=False, compare=False)
     eval_interval_da: Mapping[str, int] = field(default_factory=dict, hash=False, compare=False)
+    train_size: int | None = None
     metric: str = "acc"
     selection_key: str = "acc"
     report_key: str = "acc"
@@ -111,48 +114,50 @@ _GLUE = "nyu-mll/glue"
 _ACC_F1 = dict(metric="acc_f1", selection_key="acc", report_key="acc_f1")
 _CORR = dict(metric="corr", selection_key="corr", report_key="corr", num_labels=1, kind="regression")
 
-# SPEC §1.1 (fields follow the hub's nyu-mll/glue columns), §1.2 (len/batch/intervals), §6.4 (keys).
+# SPEC §1.1 (fields follow the hub's nyu-mll/glue columns), §1.2 (len/batch/intervals), §6.4 (keys);
+# train_size = rows of the hub's GLUE train split.
 _GLUE_SPECS = [
     TaskSpec("cola", "classification", _GLUE, "cola", "sentence", None, num_labels=2, max_len=64,
              batch_size=16, eval_interval=_iv(50, 50, 50), eval_interval_da={"p1": 400, "p2": 2000},
-             metric="mcc", selection_key="mcc", report_key="mcc"),
+             train_size=8551, metric="mcc", selection_key="mcc", report_key="mcc"),
     TaskSpec("sst2", "classification", _GLUE, "sst2", "sentence", None, num_labels=2, max_len=64,
-             eval_interval=_iv(100, 100, 200)),
+             eval_interval=_iv(100, 100, 200), train_size=67349),
     TaskSpec("mrpc", "classification", _GLUE, "mrpc", "sentence1", "sentence2", num_labels=2,
-             eval_interval=_iv(50, 50, 200), eval_interval_da={"p2": 1000}, **_ACC_F1),
+             eval_interval=_iv(50, 50, 200), eval_interval_da={"p2": 1000}, train_size=3668, **_ACC_F1),
     TaskSpec("stsb", source=_GLUE, config="stsb", text_a="sentence1", text_b="sentence2",
-             eval_interval=_iv(100, 100, 50), eval_interval_da={"p2": 2000}, **_CORR),
+             eval_interval=_iv(100, 100, 50), eval_interval_da={"p2": 2000}, train_size=5749, **_CORR),
     TaskSpec("qqp", "classification", _GLUE, "qqp", "question1", "question2", num_labels=2,
-             eval_interval=_iv(1000, 1000, 1000), **_ACC_F1),
+             eval_interval=_iv(1000, 1000, 1000), train_size=363846, **_ACC_F1),
     TaskSpec("mnli", "classification", _GLUE, "mnli", "premise", "hypothesis", num_labels=3,
              dev_splits=("validation_matched", "validation_mismatched"), dev_prefixes=("", "mm_"),
-             eval_interval=_iv(8000, 8000, 1000),
+             eval_interval=_iv(8000, 8000, 1000), train_size=392702,
              note="selection and report on matched acc; mismatched recorded as mm_acc (SPEC §6.4, §12.4)"),
     TaskSpec("qnli", "classification", _GLUE, "qnli", "question", "sentence", num_labels=2,
-             eval_interval=_iv(1000, 1000, 1000)),
+             eval_interval=_iv(1000, 1000, 1000), train_size=104743),
     TaskSpec("rte", "classification", _GLUE, "rte", "sentence1", "sentence2", num_labels=2,
-             eval_interval=_iv(20, 20, 100), eval_interval_da={"p1": 100, "p2": 1000}),
+             eval_interval=_iv(20, 20, 100), eval_interval_da={"p1": 100, "p2": 1000}, train_size=2490),
 ]
 
 _KOREAN_NOTE = ("assumed: ULM-large/KLUE/NSMC processors are not public (SPEC §6.5); max_len 128, "
                 "batch 32 and the eval interval are assumptions scaled like GLUE tasks of similar size")
 _KOREAN_SPECS = [
     TaskSpec("klue_tc", "classification", "klue", "ynat", "title", None, num_labels=7,
-             eval_interval=_iv(1000, 1000, 1000), metric="acc_macro_f1",
+             eval_interval=_iv(1000, 1000, 1000), train_size=45678, metric="acc_macro_f1",
              note="assumed: accuracy as in the P1 table; macro-F1 is KLUE's official metric "
                   "(recorded as f1_macro). " + _KOREAN_NOTE),
     TaskSpec("klue_sts", source="klue", config="sts", text_a="sentence1", text_b="sentence2",
-             label_field="labels.label", eval_interval=_iv(100, 100, 100),
+             label_field="labels.label", eval_interval=_iv(100, 100, 100), train_size=11668,
              note="assumed: (Pearson+Spearman)/2 on the 0-5 score as for STS-B; KLUE's official "
                   "metrics are Pearson and binary F1. " + _KOREAN_NOTE, **_CORR),
     TaskSpec("nsmc", "classification", "e9t/nsmc", None, "document", None, num_labels=2,
-             dev_splits=("test",), eval_interval=_iv(1000, 1000, 1000),
+             dev_splits=("test",), eval_interval=_iv(1000, 1000, 1000), train_size=150000,
              note="NSMC has no validation split: its 50k test split is the dev set. " + _KOREAN_NOTE),
 ]
 
 _OFFLINE_SPECS = [
+    # train_size: the train split of kdqat.data.offline.load_rt_polarity (seed 0, 80/10/10 hashed split)
     TaskSpec("rt_polarity", "classification", "offline:rt_polarity", None, "text", None, num_labels=2,
-             dev_splits=("dev",), max_len=64, batch_size=32, eval_interval=_iv(50, 50, 50),
+             dev_splits=("dev",), max_len=64, batch_size=32, eval_interval=_iv(50, 50, 50), train_size=10201,
              raw_loader="kdqat.data.offline:load_rt_polarity",
              note="offline stand-in for SST-2: Rotten Tomatoes fresh/rotten, hashed split with seed 0 "
                   "(ASSETS.md); tokenised by the SPEC §1.1 rule like SST-2; its test split is unused"),
@@ -192,9 +197,11 @@ _LM_CLS_SPECS = [_lm_cls(t) for t in _GLUE_SPECS if t.name in ("cola", "mrpc", "
 # Synthetic tasks for tiny models (tests, smoke tables; kdqat.data.toy): token ids, no tokenizer.
 _TOY_SPECS = [
     TaskSpec("toy_cls", "classification", "offline:toy_cls", None, None, None, num_labels=2, max_len=32,
-             batch_size=16, dev_splits=("dev",), eval_interval=_iv(8, 8, 8), loader="kdqat.data.toy:load_toy_cls",
+             batch_size=16, dev_splits=("dev",), eval_interval=_iv(8, 8, 8), train_size=512,
+             loader="kdqat.data.toy:load_toy_cls",
              note="synthetic: label = more low-third than high-third token ids"),
     TaskSpec("toy_lm", "lm", "offline:toy_lm", None, None, None, label_field=None, max_len=64, batch_size=4,
+             train_size=64,
              metric="ppl", selection_key="ppl", report_key="ppl", loader="kdqat.data.toy:load_toy_lm",
              note="synthetic: sparse random Markov chain"),
 ]

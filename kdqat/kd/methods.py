@@ -26,18 +26,22 @@ decoder GT is always HF's mean over non-ignored tokens), ``gt_regression``, ``ts
 ``tsld_batch``, ``tsld_variant``, ``l2l_attention``; plus ``task_type``. Every other Protocol
 switch (``act_clip``, ``precision``, ...) is accepted and ignored, so a job's whole resolved
 protocol can be passed; any other key is a ValueError listing the valid ones.
+
+Import cost: torch and ``kdqat.kd.losses`` are imported when a term is first computed, so naming,
+validating and building methods (the registry's dry run) never loads torch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
 from pydantic import ValidationError
 
-from kdqat.kd import losses as L
 from kdqat.protocol import Protocol
+
+if TYPE_CHECKING:  # torch and the losses are imported when a loss is computed, not to validate names
+    import torch
 
 KD_SWITCHES = ("soft_ce", "output_site", "gt_reduction", "gt_regression",
                "tsld_tau", "tsld_batch", "tsld_variant", "l2l_attention")
@@ -217,6 +221,7 @@ class KDMethod:
         return total, values
 
     def _encoder_term(self, term: str, student: dict, teacher: dict, batch: dict) -> torch.Tensor:
+        from kdqat.kd import losses as L
         zs, zt, p = student["logits"], teacher["logits"], self.protocol
         regression = zs.shape[-1] == 1
         if p["task_type"] is not None and (p["task_type"] == "regression") != regression:
@@ -241,6 +246,7 @@ class KDMethod:
         raise AssertionError(term)
 
     def _decoder_term(self, term: str, student: dict, teacher: dict, batch: dict) -> torch.Tensor:
+        from kdqat.kd import losses as L
         p = self.protocol
         zs = student["logits"][:, :-1]
         labels = batch["labels"][:, 1:]

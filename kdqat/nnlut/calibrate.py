@@ -7,7 +7,8 @@ touched (everything runs under ``torch.no_grad``). Procedure:
 1. run the swapped model on ``batches`` (the paper: an unlabelled tenth of the task's training
    data) through ``run(batch)`` and record each table's inputs: a GELU module's input x, a
    LayerNorm module's σ² + ε, the softmax's clamped x − max (exp) and row sums (1/x). From each
-   call ``per_call`` elements are kept, drawn uniformly without replacement (seeded).
+   call ``per_call`` elements are kept, drawn uniformly without replacement (seeded), and moved
+   to the CPU (the refit below runs there, whatever the model's device).
    Softmax inputs are only seen when ``run`` passes ``handle.softmax_fn`` to
    ``kdqat.capture.Capture``; the softmax tables are shared by all layers (Capture calls
    ``softmax_fn(scores)`` without a layer index), GELU/LayerNorm tables are per module.
@@ -56,10 +57,10 @@ def collect_inputs(handle: LutSwap, batches: Iterable, run: Callable, per_call: 
     store: dict[str, list[torch.Tensor]] = {}
 
     def keep(site: str, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1).double()
+        x = x.detach().reshape(-1)
         if x.numel() > per_call:
-            x = x[torch.randperm(x.numel(), generator=gen)[:per_call]]
-        store.setdefault(site, []).append(x)
+            x = x[torch.randperm(x.numel(), generator=gen)[:per_call].to(x.device)]
+        store.setdefault(site, []).append(x.double().cpu())
 
     hooks = []
     for name, mod in handle.swapped.items():

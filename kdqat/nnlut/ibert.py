@@ -24,12 +24,25 @@ Integer simulations (int64 tensors hold the integers; every ⌊·⌋ is explicit
 * ``i_layernorm_int(q, weight, bias)``: over the last dim C: y = q − round(mean q), σ = i_sqrt(Σy²)
   (Σy² right-shifted by an even amount 2k to fit in 31 bits, σ shifted back by k: the code's
   dynamic shift), y·⌊2^31/σ⌋/2 floored, scale √C/2^30, then ·γ + β (no ε, as I-BERT).
+
+Modules for swapping into a model (``kdqat.nnlut.ops.swap_ibert``; role "approx", method "ibert"):
+
+* ``IGELU``: ``i_gelu`` (float formula), elementwise.
+* ``ISoftmax``: callable ``(scores, dim=-1)``: x = scores − max (max detached), clamped below at
+  −30·ln2 (the code's n = 30: HF's additive mask ≈ −3.4e38 would overflow ⌊−x/ln2⌋), e = ``i_exp(x)``,
+  out = e / Σ_dim e (exact division, no 16-bit requantisation). A masked key gets weight
+  ≈ L(p)·2^−30/Σ ≤ 1e-9 instead of 0. Half precision is computed in float32 and cast back.
+* ``ILayerNorm``: integer LayerNorm over the last dim C (``i_layernorm_int``, integer Newton sqrt)
+  of q = round(x/S), S = max_row|x|/(2^(bits−1) − 1) per row (our choice: one scale per token, so
+  results do not depend on the batch; I-BERT quantises the LayerNorm input to ``bits`` = 22 with one
+  static per-tensor scale), then γ, β in float; returned in x's dtype. Not differentiable.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import nn
 
 GELU_A, GELU_B, GELU_K = -0.2888, -1.769, 1.4142
 EXP_A, EXP_B, EXP_C = 0.3585, 1.353, 0.344
@@ -116,7 +129,7 @@ def i_softmax_int(q: torch.Tensor, scale: float, dim: int = -1, out_bits: int = 
 
 def bit_length(n: torch.Tensor) -> torch.Tensor:
     """Number of binary digits of n ≥ 0 (int64), 0 for n = 0."""
-    shifts = torch.arange(63, dtype=torch.int64)
+    shifts = torch.arange(63, dtype=torch.int64, device=n.device)
     return (torch.bitwise_right_shift(n.unsqueeze(-1), shifts) > 0).sum(-1)
 
 
@@ -155,3 +168,43 @@ def i_layernorm_int(q: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
     factor = torch.div(torch.full_like(sigma, 2**31), sigma, rounding_mode="floor")
     y_n = torch.div(y * factor, 2, rounding_mode="floor").double() * (math.sqrt(c) / 2**30)
     return y_n * weight.double() + bias.double()
+
+
+class IGELU(nn.Module):
+    """Float i-GELU as a module (module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return i_gelu(x)
+
+
+class ISoftmax(nn.Module):
+    """i-exp + exact division softmax over ``dim`` (module docstring); ``scores`` any shape."""
+
+    def forward(self, scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        x = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+        x = (x - x.detach().amax(dim=dim, keepdim=True)).clamp(min=-EXP_MAX_SHIFT * LN2)
+        e = i_exp(x)
+        return (e / e.sum(dim=dim, keepdim=True)).to(scores.dtype)
+
+
+class ILayerNorm(nn.Module):
+    """I-BERT integer LayerNorm built from an ``nn.LayerNorm`` over the last dim (module docstring).
+    γ, β are the *same* Parameter objects as the replaced module's; ε is not used (as I-BERT)."""
+
+    def __init__(self, ln: nn.LayerNorm, bits: int = 22):
+        super().__init__()
+        if len(ln.normalized_shape) != 1:
+            raise ValueError(f"ILayerNorm normalises the last dim only, got normalized_shape={ln.normalized_shape}")
+        if not 2 <= bits <= 31:
+            raise ValueError(f"ILayerNorm: bits must be in [2, 31], got {bits}")
+        self.bits, self.weight, self.bias = bits, ln.weight, ln.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., C] → [..., C] (x's dtype)."""
+        xd = x.detach().double()
+        scale = xd.abs().amax(-1, keepdim=True).clamp(min=1e-30) / (2 ** (self.bits - 1) - 1)
+        q = torch.round(xd / scale).to(torch.int64)
+        c = x.shape[-1]
+        w = self.weight if self.weight is not None else torch.ones(c, device=x.device)
+        b = self.bias if self.bias is not None else torch.zeros(c, device=x.device)
+        return i_layernorm_int(q, w.detach(), b.detach()).to(x.dtype)

@@ -26,6 +26,7 @@ smaller max error (``load_table(init="best")``).
 which calls it as ``softmax_fn(scores)`` on the masked scores [B, H, S, S] and takes the
 softmax over the last dim. Every swapped module gets its own copy of the table (so that
 ``kdqat.nnlut.calibrate`` can refit it per layer); all softmax calls share one table pair.
+``swap_ibert(model, ops)`` does the same with I-BERT's modules (``kdqat.nnlut.ibert``).
 """
 from __future__ import annotations
 
@@ -154,6 +155,31 @@ class LutSwap:
         self.restore()
 
 
+def _swap(model: nn.Module, ops, make_gelu, make_ln, make_softmax) -> LutSwap:
+    """Replace every exact GELU by ``make_gelu()`` and every ``nn.LayerNorm`` ``ln`` by ``make_ln(ln)``
+    (for the ops named in ``ops``); ``softmax_fn = make_softmax()`` when "softmax" is in ``ops``."""
+    bad = set(ops) - set(OP_NAMES)
+    if bad:
+        raise ValueError(f"unknown op(s) {sorted(bad)}; valid: {', '.join(OP_NAMES)}")
+    handle = LutSwap(model)
+    targets = []
+    for pname, parent in model.named_modules():
+        for attr, child in parent.named_children():
+            name = f"{pname}.{attr}" if pname else attr
+            if "gelu" in ops and _is_exact_gelu(child):
+                targets.append((parent, attr, name, "gelu", make_gelu()))
+            elif "layernorm" in ops and isinstance(child, nn.LayerNorm):
+                targets.append((parent, attr, name, "layernorm", make_ln(child)))
+    for op in ("gelu", "layernorm"):
+        if op in ops and not any(t[3] == op for t in targets):
+            raise ValueError(f"swap: asked for {op!r} but {type(model).__name__} has no such module")
+    for parent, attr, name, _, new in targets:
+        handle.replace(parent, attr, name, new)
+    if "softmax" in ops:
+        handle.softmax_fn = make_softmax()
+    return handle
+
+
 def swap_nonlinearities(model: nn.Module, ops=OP_NAMES, tables: dict[str, Lut] | None = None,
                         entries: int = 16, table_set: str = "paper") -> LutSwap:
     """Replace the non-linearities named in ``ops`` by NN-LUT versions, in place.
@@ -162,24 +188,15 @@ def swap_nonlinearities(model: nn.Module, ops=OP_NAMES, tables: dict[str, Lut] |
     "rsqrt"); each swapped module gets a deep copy. Raises ValueError for an unknown op, or when "gelu"/"layernorm" is
     asked for and the model holds no such module.
     """
-    bad = set(ops) - set(OP_NAMES)
-    if bad:
-        raise ValueError(f"unknown op(s) {sorted(bad)}; valid: {', '.join(OP_NAMES)}")
     tabs = {**default_tables(entries, table_set), **(tables or {})}
-    handle = LutSwap(model)
-    targets = []
-    for pname, parent in model.named_modules():
-        for attr, child in parent.named_children():
-            name = f"{pname}.{attr}" if pname else attr
-            if "gelu" in ops and _is_exact_gelu(child):
-                targets.append((parent, attr, name, LutGELU(copy.deepcopy(tabs["gelu"]))))
-            elif "layernorm" in ops and isinstance(child, nn.LayerNorm):
-                targets.append((parent, attr, name, LutLayerNorm(child, copy.deepcopy(tabs["rsqrt"]))))
-    for op, cls in (("gelu", LutGELU), ("layernorm", LutLayerNorm)):
-        if op in ops and not any(isinstance(t[3], cls) for t in targets):
-            raise ValueError(f"swap_nonlinearities: asked for {op!r} but {type(model).__name__} has no such module")
-    for parent, attr, name, new in targets:
-        handle.replace(parent, attr, name, new)
-    if "softmax" in ops:
-        handle.softmax_fn = LutSoftmax(copy.deepcopy(tabs["exp"]), copy.deepcopy(tabs["recip"]))
-    return handle
+    return _swap(model, ops, lambda: LutGELU(copy.deepcopy(tabs["gelu"])),
+                 lambda ln: LutLayerNorm(ln, copy.deepcopy(tabs["rsqrt"])),
+                 lambda: LutSoftmax(copy.deepcopy(tabs["exp"]), copy.deepcopy(tabs["recip"])))
+
+
+def swap_ibert(model: nn.Module, ops=OP_NAMES, ln_bits: int = 22) -> LutSwap:
+    """Replace the non-linearities named in ``ops`` by I-BERT's (``kdqat.nnlut.ibert``: ``IGELU``,
+    ``ISoftmax`` as ``softmax_fn``, ``ILayerNorm(bits=ln_bits)``), in place; same handle and errors
+    as ``swap_nonlinearities``."""
+    from kdqat.nnlut.ibert import IGELU, ILayerNorm, ISoftmax
+    return _swap(model, ops, IGELU, lambda ln: ILayerNorm(ln, ln_bits), ISoftmax)

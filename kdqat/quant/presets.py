@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from .modules import QuantEmbedding, QuantLinear, _is_conv1d
 from .spec import EmbeddingSpec, QuantSpec, WeightSpec
+
+if TYPE_CHECKING:  # torch and .modules are imported by the functions that touch a model, so that
+    from torch import nn  # PRESETS / resolve_spec (registry validation) stay torch-free
 
 _ENCODER = WeightSpec(method="twn", bits=2, granularity="tensor", clip=2.5, ste="clip")
 _DECODER = dict(include=(r".",), exclude=(r"lm_head",), skip_last_module=True, act_bits=None,
@@ -62,6 +63,9 @@ def select_modules(model: nn.Module, spec: QuantSpec) -> list[tuple[str, nn.Modu
     Raises ``ValueError`` if the model already holds quant modules, or naming an include pattern
     (or the embedding pattern) that matches no Linear/Conv1D (resp. nn.Embedding) module.
     """
+    from torch import nn
+
+    from .modules import QuantEmbedding, QuantLinear, _is_conv1d
     named = list(model.named_modules())
     if any(isinstance(m, (QuantLinear, QuantEmbedding)) for _, m in named):
         raise ValueError("model already holds QuantLinear/QuantEmbedding modules (quantized twice?)")
@@ -144,6 +148,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec | str = "kim2022_w2a8", **o
     ``granularity="tensor"``). Returns a ``QuantReport`` whose ``spec`` is the resolved spec
     (``report.spec.act_bits`` / ``act_clip`` configure the attention-internal A8).
     """
+    from .modules import QuantEmbedding, QuantLinear
     spec = resolve_spec(spec, **overrides)
     report = QuantReport(spec)
     act = f"A{spec.linear_act_bits} sym clip {spec.act_clip}" if spec.linear_act_bits else "-"

@@ -6,7 +6,8 @@ routing each key to the weight spec or to the top level (their field names never
 ``spec.override(granularity="tensor")`` turns TSLD's per-channel W2 into per-tensor (SPEC §12.6).
 
 Supported (method, bits): twn 2, learned_twn 2, binary 1, sym 2..8, asym 2..8; anything else is a
-``ValueError`` naming both. This module imports nothing of the project.
+``ValueError`` naming both. This module imports nothing of the project, and not torch: the
+registry validates presets and overrides through it without loading torch.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from .functions import GRANULARITIES
+# The granularities ``kdqat.quant.functions`` implements (its GRANULARITIES, which imports torch;
+# tests/test_runner.py asserts the two tuples are equal).
+GRANULARITIES = ("tensor", "row", "group")
 
 WEIGHT_METHODS = ("twn", "sym", "asym", "binary", "learned_twn")
 STES = ("clip", "identity")

@@ -11,7 +11,7 @@ import importlib
 
 import torch
 
-from kdqat.data.tasks import TaskSpec
+from kdqat.data.tasks import ENCODER_LOADER, TaskSpec
 
 ENCODER_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "lengths")
 
@@ -32,18 +32,24 @@ def _cap(d: dict, n: int | None) -> dict:
     return d if not n else {k: v[:n] for k, v in d.items()}
 
 
-def encoder_data(task: TaskSpec, tokenizer, train_cfg: dict, seed: int) -> dict:
+def encoder_data(task: TaskSpec, tokenizer, train_cfg: dict, seed: int, device="cpu") -> dict:
     """{"train": tensors, "dev": [tensors per dev split]}; ``train_cfg`` may cap sizes with
-    ``max_train_examples`` / ``max_dev_examples`` (demo and smoke tables)."""
+    ``max_train_examples`` / ``max_dev_examples`` (demo and smoke tables): the first rows of each
+    split are kept; with both caps set only the first ``max(caps)`` rows are tokenized at all."""
     if train_cfg.get("max_len") and train_cfg["max_len"] != task.max_len:
         task = dataclasses.replace(task, max_len=int(train_cfg["max_len"]))
-    splits = _call(task.loader, task, tokenizer)
+    kw = {}
+    caps = (train_cfg.get("max_train_examples"), train_cfg.get("max_dev_examples"))
+    if task.loader == ENCODER_LOADER and all(caps):
+        kw["max_examples"] = int(max(caps))   # tokenize only the rows the caps keep (first rows)
+    splits = _call(task.loader, task, tokenizer, **kw)
     train = _cap(_to_tensors(splits[task.train_split]), train_cfg.get("max_train_examples"))
     devs = [_cap(_to_tensors(splits[s]), train_cfg.get("max_dev_examples")) for s in task.dev_splits]
     if "token_type_ids" not in train:
         for d in [train, *devs]:
             d["token_type_ids"] = torch.zeros_like(d["input_ids"])
-    return {"train": train, "dev": devs}
+    move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+    return {"train": move(train), "dev": [move(d) for d in devs]}
 
 
 def model_inputs(batch: dict) -> dict:

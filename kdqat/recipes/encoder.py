@@ -52,7 +52,7 @@ def make_eval_fn(model, task: TaskSpec, devs: list[dict]):
         for prefix, dev in zip(task.dev_prefixes, devs):
             z = predict(model, dev)
             preds = z if task.kind == "regression" else z.argmax(-1)
-            m = compute_metrics(task, preds.numpy(), dev["labels"].numpy())
+            m = compute_metrics(task, preds.cpu().numpy(), dev["labels"].cpu().numpy())
             out.update({prefix + k: float(v) for k, v in m.items()})
             if not prefix:
                 out["selection"], out["report"] = (float(x) for x in score(task, m))
@@ -88,7 +88,7 @@ def loop_config(job: EncoderJob, task: TaskSpec, n_train: int, teacher: bool) ->
 def finetune(job: EncoderJob, model, tokenizer, ckpt_path=None, on_log=None) -> dict:
     """Full-precision fine-tune of ``model`` (mutated in place) on the job's task."""
     task = get_task(job.task)
-    data = encoder_data(task, tokenizer, job.train, job.seed)
+    data = encoder_data(task, tokenizer, job.train, job.seed, next(model.parameters()).device)
     cfg = loop_config(job, task, data["train"]["input_ids"].shape[0], teacher=True)
     if job.train.get("selection", "last") == "last":
         cfg.eval_every = 10**9  # run_glue evaluates the final model only (SPEC §1.3)
@@ -115,7 +115,7 @@ def qat_kd(job: EncoderJob, teacher, student, tokenizer, ckpt_path=None, on_log=
     from kdqat.quant import quantize_model
 
     task = get_task(job.task)
-    data = encoder_data(task, tokenizer, job.train, job.seed)
+    data = encoder_data(task, tokenizer, job.train, job.seed, next(student.parameters()).device)
     cfg = loop_config(job, task, data["train"]["input_ids"].shape[0], teacher=False)
     protocol = {**job.protocol, "task_type": task.kind}
     method = build_method(job.method, {k: v for k, v in job.params.items() if k != "schedule"}, protocol)

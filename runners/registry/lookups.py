@@ -8,7 +8,8 @@ caller turns it into a ``RegistryError`` naming file, cell and field.
 * KD methods: ``kdqat.kd.methods`` (``validate_method``, ``build_method(...).params`` for defaults);
 * TI schedules (method "ti", param ``schedule``): ``kdqat.intervention.SCHEDULES``;
 * quantization presets and overrides: ``kdqat.quant.resolve_spec``;
-* PTQ methods (role "ptq"): ``PTQ_METHODS`` below (``kdqat.ptq`` exposes functions, not names).
+* PTQ methods (role "ptq"): ``PTQ_METHODS`` below (``kdqat.ptq`` exposes functions, not names);
+* approximation methods (role "approx"): ``kdqat.recipes.approx`` (``DEFAULTS``, ``validate_params``).
 """
 from __future__ import annotations
 
@@ -116,6 +117,21 @@ def ptq_params(name: str, params: dict) -> dict:
     if bad:
         raise ValueError(f"PTQ method {name!r}: unknown parameter {bad[0]!r}; valid: {', '.join(PTQ_METHODS[name])}")
     return dict(params)
+
+
+def approx_method(name: str, kind: str) -> None:
+    """An approx row's method ("nnlut" | "ibert"); encoder tables only (BERT-family non-linearities)."""
+    from kdqat.recipes.approx import DEFAULTS
+    if name not in DEFAULTS:
+        raise ValueError(f"unknown approximation method {name!r}; valid: {', '.join(DEFAULTS)}")
+    if kind != "encoder":
+        raise ValueError(f"approximation method {name!r} is for encoder tables only (exact GELU, softmax, "
+                         f"LayerNorm of BERT-family models)")
+
+
+def approx_params(name: str, params: dict) -> dict:
+    from kdqat.recipes.approx import validate_params
+    return validate_params(name, params)
 
 
 def quant(preset: str | None, overrides: dict) -> None:

@@ -6,11 +6,16 @@ A table file::
     [defaults]         Settings inherited by every cell (model, task, method, params, quant, seeds,
                        train, teacher, protocol)
     [models.NAME]      optional table-local model entries (same keys as kdqat.models.CATALOGUE)
-    [[rows]]           id, label, role ("teacher"|"qat"|"ptq", default "qat") + Settings
+    [[rows]]           id, label, role ("teacher"|"qat"|"ptq"|"approx", default "qat") + Settings
     [[columns]]        id, label, train_size (optional, for step counts) + Settings
     [[cells]]          row, column, skip + Settings: overrides of one cell
     [published]        "row.column" = {mean, std, metric, n, note} or a list of those (one per metric)
     [published_avg]    "row" = number or {value, metric, note}: the AVG column as published
+
+``resources`` (any level: defaults, row, column, cell) says what a job asks the executor for
+(GPUs, CPUs, memory, hours, device plan); it is not part of the job config, so it never changes a
+job hash. A teacher job takes the resources of the teacher (role "teacher") row's cell when the
+table has one, else those of ``defaults`` < column.
 
 Settings merge defaults < row < column < cell; ``train``, ``teacher``, ``protocol``, ``params`` and
 ``quant`` merge key by key (see ``runners.registry.table``). ``quant`` is a preset name or a table
@@ -102,6 +107,19 @@ class QuantOverride(Strict):
     linear_act: bool | None = None
 
 
+class Resources(Strict):
+    """What one job asks the executor for (``runners.executors``); merged key by key, the most
+    specific level wins (no row/column conflict error: resources never change results' identity).
+    ``gpus``: devices per job (with ``device_plan = "ddp"`` on CPU: gloo processes);
+    ``device_plan``: "single" (one device), "ddp" (data parallel over ``gpus``, ``kdqat.distributed``),
+    "fsdp" (documented plan, not implemented: refused at run time)."""
+    gpus: NonNegativeInt | None = None
+    cpus: PositiveInt | None = None
+    mem_gb: PositiveFloat | None = None
+    hours: PositiveFloat | None = None
+    device_plan: Literal["single", "ddp", "fsdp"] | None = None
+
+
 class Settings(Strict):
     """What a cell inherits; every level (defaults, row, column, cell) may set any of it."""
     model: str | None = None
@@ -113,12 +131,13 @@ class Settings(Strict):
     train: TrainConfig | None = None
     teacher: TeacherConfig | None = None
     protocol: Protocol | None = None
+    resources: Resources | None = None
 
 
 class Row(Settings):
     id: Ident
     label: str
-    role: Literal["teacher", "qat", "ptq"] = "qat"
+    role: Literal["teacher", "qat", "ptq", "approx"] = "qat"
 
 
 class Column(Settings):

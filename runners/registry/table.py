@@ -12,6 +12,8 @@ A cell resolves to a config (the job config without ``seed``):
   batch_size, max_len, eval_interval; SPEC §1.2), protocol (every switch of the table kind,
   ``kdqat.protocol``), teacher (the teacher job's hash);
 * role "ptq": kind, role, model, task, method, params, protocol, teacher;
+* role "approx" (encoder only: NN-LUT / I-BERT non-linearities in the FP teacher,
+  ``kdqat.recipes.approx``): the same keys as "ptq"; 0 steps;
 * role "teacher" (the Full-Prec row): the teacher config itself: kind, role, model, task, train
   (the ``teacher`` settings + task presets + selection), protocol (teacher switches only), seed.
 
@@ -20,6 +22,9 @@ configs have identical hashes, so one teacher serves every table that needs it. 
 (a teacher: one job, its own seed); ``hash`` = sha256 of the canonical JSON of the config, first 12
 hex digits (``canonical_json``: sorted keys, no whitespace, integral floats written as integers so
 that ``gamma = 1`` and ``gamma = 1.0`` are one job).
+
+``resources`` (GPUs, CPUs, memory, hours, device plan) ride beside the config on ``Cell`` and
+``Job``, never inside it: they do not change hashes.
 """
 from __future__ import annotations
 
@@ -77,6 +82,8 @@ class Cell:
     teacher_steps: int | None
     published: dict[str, PublishedValue]
     unavailable: str | None
+    resources: dict = field(default_factory=dict)          # schema.Resources fields that are set
+    teacher_resources: dict = field(default_factory=dict)  # the resources of this cell's teacher job
 
     @property
     def address(self) -> str:
@@ -93,6 +100,7 @@ class Job:
     teacher: "Job | None" = None
     steps: int | None = None
     unavailable: str | None = None
+    resources: dict = field(default_factory=dict)
 
     @property
     def role(self) -> str:
@@ -115,6 +123,15 @@ def _layer(s: Settings | None) -> dict:
     for k in ("quant", "train", "teacher"):
         if getattr(s, k) is not None:
             out[k] = getattr(s, k).model_dump(exclude_none=True)
+    return out
+
+
+def _resources(*levels: Settings | None) -> dict:
+    """The set ``resources`` fields of ``levels`` (least to most specific), merged key by key."""
+    out: dict = {}
+    for s in levels:
+        if s is not None and s.resources is not None:
+            out.update(s.resources.model_dump(exclude_none=True))
     return out
 
 
@@ -169,12 +186,15 @@ class Table:
                     bad = next(n for n in s.protocol.model_fields_set if n not in Protocol.switches(self.kind))
                     raise self._err(name, f"protocol.{bad}", str(e)) from None
             role = s.role if isinstance(s, Row) else rows[s.row].role if name.startswith("cells[") else None
-            for f in NOT_FOR_TEACHER_ROWS if role == "teacher" else NOT_FOR_PTQ_ROWS if role == "ptq" else ():
+            for f in NOT_FOR_TEACHER_ROWS if role == "teacher" else NOT_FOR_PTQ_ROWS if role in ("ptq", "approx") \
+                    else ():
                 if getattr(s, f) is not None:
                     raise self._err(name, f, "not allowed on a teacher (Full-Prec) row: it is the teacher job "
                                     "itself; set its training in `teacher`" if role == "teacher" else
                                     "not allowed on a ptq row: post-training quantization has no training "
-                                    "and takes its bit-width from params")
+                                    "and takes its bit-width from params" if role == "ptq" else
+                                    "not allowed on an approx row: it evaluates the teacher with swapped "
+                                    "non-linearities, no training and no quantization")
 
     def _split_key(self, key: str, avg: bool) -> tuple[str, str | None]:
         rows, cols = {r.id for r in self.rows}, {c.id for c in self.columns}
@@ -300,8 +320,11 @@ class Table:
         note = None if entry.get("available", True) else (lookups.model_note(m["model"][0], self._models)
                                                           or f"model {m['model'][0]!r} is not available")
         pub = {metric: v for (r, c, metric), v in self.published.items() if (r, c) == (row.id, col.id)}
+        trow = next((r for r in self.rows if r.role == "teacher"), None)
+        tres = _resources(self.spec.defaults, trow, col, trow and self._overrides.get((trow.id, col.id)))
         base = dict(table=self.id, row=row.id, column=col.id, role=row.role, row_label=row.label,
-                    column_label=col.label, teacher=tcfg, teacher_steps=tsteps, published=pub, unavailable=note)
+                    column_label=col.label, teacher=tcfg, teacher_steps=tsteps, published=pub, unavailable=note,
+                    resources=_resources(self.spec.defaults, row, col, over), teacher_resources=tres)
         if row.role == "teacher":
             return Cell(config=tcfg, seeds=(tseed,), steps=tsteps, **base)
         if m["method"] is None:
@@ -313,7 +336,11 @@ class Table:
             raise self._err(addr, "seeds", "required field is missing")
         seeds = tuple(m["seeds"][0])
         cfg = {"kind": self.kind, "role": row.role, "model": entry, "task": task.name, "method": method}
-        if row.role == "ptq":
+        if row.role == "approx":
+            self._lookup(addr, "method", lookups.approx_method, method, self.kind, source=msrc)
+            cfg["params"] = self._lookup(addr, "params", lookups.approx_params, method, params, source=psrc)
+            steps = 0
+        elif row.role == "ptq":
             self._lookup(addr, "method", lookups.ptq_method, method, source=msrc)
             cfg["params"] = self._lookup(addr, "params", lookups.ptq_params, method, params, source=psrc)
             steps = None
@@ -365,12 +392,14 @@ class Table:
             if c.role != "teacher" and not run:
                 continue
             th = config_hash(c.teacher)
-            t = teachers.setdefault(th, Job(th, c.teacher, steps=c.teacher_steps, unavailable=c.unavailable))
+            t = teachers.setdefault(th, Job(th, c.teacher, steps=c.teacher_steps, unavailable=c.unavailable,
+                                            resources=c.teacher_resources))
             if c.role == "teacher":
                 t.cells.append(c.address)
             for s in run:
                 cfg = {**c.config, "seed": s}
                 h = config_hash(cfg)
-                job = others.setdefault(h, Job(h, cfg, teacher=t, steps=c.steps, unavailable=c.unavailable))
+                job = others.setdefault(h, Job(h, cfg, teacher=t, steps=c.steps, unavailable=c.unavailable,
+                                               resources=c.resources))
                 job.cells.append(c.address)
         return list(teachers.values()) + list(others.values())
