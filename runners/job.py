@@ -2,9 +2,9 @@
 
 A job config is the registry's fully resolved dict (``runners.registry``): role ("teacher" |
 "qat" | "ptq" | "approx"; "ptq" is decoder-only, SPEC §7.8; "approx" (NN-LUT / I-BERT
-non-linearities swapped into the FP teacher, ``kdqat.recipes.approx``) encoder-only), model, task, method, params, quant, train,
-protocol, seed, kind ("encoder"|"decoder"). Decoder jobs (``kdqat.recipes.decoder``) also get the
-data sources named by the environment: ``KDQAT_DATA_DIR`` (a folder with one
+non-linearities swapped into the FP teacher, ``kdqat.recipes.approx``) encoder-only), model,
+task, method, params, quant, train, protocol, seed, kind ("encoder"|"decoder"). Decoder jobs
+(``kdqat.recipes.decoder``) also get the data sources named by the environment: ``KDQAT_DATA_DIR`` (a folder with one
 ``DatasetDict.save_to_disk`` copy per task name, used instead of the hub) and
 ``KDQAT_LM_EVAL_TASKS`` (a folder of lm-eval YAML templates used instead of lm-eval's built-in
 tasks); both are recorded in the result ("sources").

@@ -265,7 +265,9 @@ skip = true
 def test_steps_from_train_size(tmp_path):
     table = _load(tmp_path, TINY)
     # rte column: train_size 100, batch 32 (RTE preset), 3 epochs: ceil(100/32)*3 = 12 (SPEC §6.1)
-    assert table.cell("mo/rte").steps == 12 and table.cell("mo/cola").steps is None
+    assert table.cell("mo/rte").steps == 12
+    # cola column: no train_size override, so the task's (8551, batch 16 preset): ceil(8551/16)*3 = 1605
+    assert table.cell("mo/cola").steps == 1605
     assert table.cell("fp/rte").steps == 12      # teacher: batch 32 (RTE preset), ceil
     floor = _load(tmp_path, TINY.replace("[defaults.train]", PROTO.format('t_total = "floor"')), "u.toml")
     assert floor.cell("mo/rte").steps == 9       # TernaryBERT: floor(100/32)*3

@@ -35,8 +35,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from types import SimpleNamespace
-
 import torch
 
 OPS = ("gelu", "softmax", "layernorm")
@@ -101,25 +99,14 @@ def calibration_batches(train: dict, fraction: float, batch_size: int, seed: int
     from kdqat.recipes.data import model_inputs
     n = train["input_ids"].shape[0]
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:math.ceil(fraction * n)]
+    idx = idx.to(train["input_ids"].device)
     return [model_inputs({k: v[idx[i:i + batch_size]] for k, v in train.items()})
             for i in range(0, idx.numel(), batch_size)]
 
 
-class OnDevice:
-    """``model`` seen from CPU batches: moves the inputs to ``device`` and the logits back to the CPU
-    (``kdqat.recipes.encoder.predict`` / ``make_eval_fn`` expect CPU tensors)."""
-
-    def __init__(self, model, device):
-        self.model, self.device = model, torch.device(device)
-
-    def __call__(self, **inputs):
-        out = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
-        return SimpleNamespace(logits=out.logits.float().cpu())
-
-
 def run_approx(cfg: dict, model, tokenizer, device: str = "cpu", on_log=None) -> dict:
-    """Swap, optionally calibrate and evaluate the FP ``model`` (already on ``device``) for the
-    approx job ``cfg``; the result dict of the module docstring."""
+    """Swap, optionally calibrate and evaluate the FP ``model`` (already on ``device``; the task
+    data is moved there) for the approx job ``cfg``; the result dict of the module docstring."""
     from kdqat.capture import Capture
     from kdqat.data.tasks import get_task
     from kdqat.nnlut.calibrate import calibrate
@@ -130,13 +117,12 @@ def run_approx(cfg: dict, model, tokenizer, device: str = "cpu", on_log=None) ->
     method, seed = cfg["method"], int(cfg["seed"])
     params = validate_params(method, dict(cfg.get("params") or {}))
     task = get_task(cfg["task"])
-    data = encoder_data(task, tokenizer, cfg.get("train") or {}, seed)
+    data = encoder_data(task, tokenizer, cfg.get("train") or {}, seed, device)
     model.eval().requires_grad_(False)
-    wrapped = OnDevice(model, device)
-    evaluate = make_eval_fn(wrapped, task, data["dev"])
+    evaluate = make_eval_fn(model, task, data["dev"])
     probe = {k: v[:PROBE] for k, v in data["dev"][0].items()}
     with torch.no_grad():
-        fp, z_fp = evaluate(), predict(wrapped, probe)
+        fp, z_fp = evaluate(), predict(model, probe)
     handle = swap(model, method, params)
     for mod in [*handle.swapped.values(), handle.softmax_fn]:
         if mod is not None:
@@ -149,11 +135,11 @@ def run_approx(cfg: dict, model, tokenizer, device: str = "cpu", on_log=None) ->
                 bs = int((cfg.get("train") or {}).get("batch_size") or task.batch_size)
                 batches = calibration_batches(data["train"], params["calib_fraction"], bs, seed)
                 per_call = max(64, min(4096, 2**20 // max(1, len(batches))))
-                cal = calibrate(handle, batches, run=lambda b: wrapped(**b), epochs=params["calib_epochs"],
+                cal = calibrate(handle, batches, run=lambda b: model(**b), epochs=params["calib_epochs"],
                                 lr=params["calib_lr"], per_call=per_call, seed=seed)
                 if on_log:
-                    on_log({"calibrated_sites": len(cal)})
-            metrics, z = evaluate(), predict(wrapped, probe)
+                    on_log("calibrate", 0, {"sites": len(cal)})
+            metrics, z = evaluate(), predict(model, probe)
     finally:
         handle.restore()
     diff = (z - z_fp).abs()

@@ -124,7 +124,6 @@ def qat_kd(job: EncoderJob, teacher, student, tokenizer, ckpt_path=None, on_log=
     schedule = job.params.get("schedule", "none")
     t_needs = set(method.needs) | ({"probs", "context", "attn_output"} if schedule != "none" else set())
     act_bits = report.act_bits if protocol.get("attn_internal_quant", True) else None
-    rng = random.Random(job.seed)
     s_len = cfg.phases[0].steps
 
     with Capture(teacher, record=t_needs) as tcap, \
@@ -134,6 +133,8 @@ def qat_kd(job: EncoderJob, teacher, student, tokenizer, ckpt_path=None, on_log=
             inputs = model_inputs(batch)
             with torch.no_grad():
                 t_logits = teacher(**inputs).logits
+            # STOCHASTIC draws from a per-step generator, so a resumed job replays the same modes
+            rng = random.Random(job.seed * 100_003 + step)
             mode = ti_mode(schedule, step, s_len, rng) if phase == "ti_step1" else None
             scap.intervene(mode, tcap.records if mode else None)
             s_logits = student(**inputs).logits
