@@ -21,7 +21,7 @@ assets: install
 	$(PY) -m kdqat.assets fetch
 
 demo: assets
-	$(PY) -m runners.run registry/demo_minilm_rt.toml
+	$(PY) -m runners.run registry/demo_minilm_rt.toml --workers 2
 	$(PY) -m runners.report registry/demo_minilm_rt.toml
 
 test: assets

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+import numpy as np
 import torch
 
 from kdqat.data.tasks import ENCODER_LOADER, TaskSpec
@@ -25,7 +26,7 @@ def _to_tensors(ds) -> dict:
     if isinstance(ds, dict):
         return {k: torch.as_tensor(ds[k]) for k in ENCODER_COLUMNS if k in ds}
     cols = [c for c in ENCODER_COLUMNS if c in ds.column_names]
-    return {c: torch.as_tensor(ds.with_format("numpy")[c]) for c in cols}
+    return {c: torch.as_tensor(np.stack(ds.with_format("numpy")[c])) for c in cols}
 
 
 def _cap(d: dict, n: int | None) -> dict:
