@@ -1,4 +1,4 @@
-"""Time cost of kdqat.capture on a BERT-base-shaped random model (CPU, fp32, train mode).
+"""Time cost of kdqat.capture on a BERT-base-shaped random model (fp32, train mode; ``--device``).
 
 Measures one forward+backward (loss = sum of logits) for:
   eager        plain HF with attn_implementation="eager";
@@ -38,6 +38,8 @@ def time_interleaved(steps: dict, repeats: int) -> dict:
         for name, step in steps.items():
             t0 = time.perf_counter()
             step()
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
             if r:
                 times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
@@ -52,17 +54,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     from kdqat.capture import SITES, Capture
 
-    model = build(args.layers, args.hidden, args.heads, args.seq)
+    model = build(args.layers, args.hidden, args.heads, args.seq).to(args.device)
     g = torch.Generator().manual_seed(0)
     batch = {"input_ids": torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=g),
              "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long)}
     batch["attention_mask"][: args.batch // 2, 3 * args.seq // 4:] = 0  # half the batch padded
+    batch = {k: v.to(args.device) for k, v in batch.items()}
 
     def step(**flags):
         model.zero_grad(set_to_none=True)
@@ -78,7 +82,7 @@ def main(argv=None) -> dict:
                                 "capture": cap_step}, args.repeats)
 
     print(f"BERT-shaped: layers={args.layers} hidden={args.hidden} heads={args.heads} "
-          f"batch={args.batch} seq={args.seq} threads={torch.get_num_threads()} repeats={args.repeats}")
+          f"batch={args.batch} seq={args.seq} device={args.device} threads={torch.get_num_threads()} repeats={args.repeats}")
     for name, sec in results.items():
         print(f"  {name:10s} {sec:8.4f} s/step   x{sec / results['eager']:.3f} vs eager")
     return results

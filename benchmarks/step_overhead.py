@@ -65,7 +65,7 @@ def build_model(args):
     cfg = BertConfig(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
                      intermediate_size=4 * args.hidden, num_labels=2, attn_implementation="sdpa")
     torch.manual_seed(0)
-    return BertForSequenceClassification(cfg)
+    return BertForSequenceClassification(cfg).to(getattr(args, "device", "cpu"))
 
 
 def make_batch(args, vocab: int) -> dict:
@@ -77,12 +77,16 @@ def make_batch(args, vocab: int) -> dict:
             "labels": torch.randint(0, 2, (args.batch,), generator=g), "lengths": mask.sum(-1)}
 
 
+def to_device(batch: dict, device: str) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def fp_step_fn(args, model=None):
     """The fine-tune step of ``kdqat.train`` with the teacher recipe's loss (AdamW, SPEC §1.3)."""
     from kdqat.optim import build_optimizer
 
     model = (model or build_model(args)).train()
-    batch = make_batch(args, model.config.vocab_size)
+    batch = to_device(make_batch(args, model.config.vocab_size), model.device)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     opt, sched = build_optimizer(model, "adamw", 2e-5, 0.0, 1000, 0.0)
 
@@ -92,12 +96,19 @@ def fp_step_fn(args, model=None):
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def evaluate():
+        model.eval()
+        model(**inputs)
+        model.train()
+    step.evaluate = evaluate          # one dev-batch forward (kdqat.evaluation runs eval mode, no grad)
     return step
 
 
-def qat_step_fn(args, base=None):
-    """The QAT-KD step of ``kdqat.recipes.encoder.qat_kd`` (Map+Output, W2A8, BertAdam, SPEC §6.1).
-    Returns (step, close): ``close`` leaves the two Capture contexts."""
+def qat_step_fn(args, base=None, method: str = "map+output"):
+    """The QAT-KD step of ``kdqat.recipes.encoder.qat_kd`` (``method``, default Map+Output; W2A8,
+    BertAdam, SPEC §6.1). Returns (step, close): ``close`` leaves the two Capture contexts."""
     import copy
 
     from kdqat.capture import Capture
@@ -108,9 +119,10 @@ def qat_step_fn(args, base=None):
     teacher = base or build_model(args)
     student = copy.deepcopy(teacher).train()
     teacher.eval().requires_grad_(False)
-    method = build_method("map+output", {"gamma": 1.0, "form": 1}, {"task_type": "classification"})
+    params = {"gamma": 1.0, "form": 1} if method == "map+output" else {}
+    method = build_method(method, params, {"task_type": "classification"})
     report = quantize_model(student, "kim2022_w2a8", act_clip=2.5)
-    batch = make_batch(args, teacher.config.vocab_size)
+    batch = to_device(make_batch(args, teacher.config.vocab_size), teacher.device)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     kd_batch = {k: batch[k] for k in ("labels", "lengths", "attention_mask")}
     opt, sched = build_optimizer(student, "bertadam", 2e-5, 0.01, 1000, 0.1)
@@ -129,6 +141,13 @@ def qat_step_fn(args, base=None):
         sched.step()
         opt.zero_grad(set_to_none=True)
 
+    @torch.no_grad()
+    def evaluate():                   # the quantized student on one dev batch, A8 inside Capture
+        student.eval()
+        student(**inputs)
+        student.train()
+    step.evaluate = evaluate
+
     def close():
         scap.__exit__(None, None, None)
         tcap.__exit__(None, None, None)
@@ -144,6 +163,8 @@ def time_interleaved(steps: dict, repeats: int) -> dict:
         for name, step in steps.items():
             w0, c0 = time.perf_counter(), time.process_time()
             step()
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
             if r:
                 times["wall"][name].append(time.perf_counter() - w0)
                 times["cpu"][name].append(time.process_time() - c0)
@@ -199,6 +220,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cuda: time on the GPU (memory is CPU RSS: use --no-memory)")
     ap.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurement")
     ap.add_argument("--profile", choices=["fp", "qat"], help="profile one variant instead")
     ap.add_argument("--memory-child", choices=["fp", "qat"], help=argparse.SUPPRESS)

@@ -8,7 +8,13 @@ Each job's cost comes from the best source available, in this order:
    role, method, quant preset, batch size and sequence length (any seed, any table), times this
    job's steps (records carry ``wall_s`` and ``steps``; the record does not name the GPU model, so
    a calibration is only as good as the assumption that it ran on ``--gpu``);
-3. ``flops``: the FLOP model, stated in full in :func:`flops`: training ``6·N·T`` for the trained
+3. ``benchmark``: ``calibration/<gpu>.json`` written by ``benchmarks/calibrate.py`` on that GPU
+   (looked up in the results directory, then in the repository's ``results/``): seconds per step
+   of the recipe's step for the same model, role, method, quant, batch size and max_len (random
+   weights of the real shape; the task does not change an encoder step, inputs are padded to
+   max_len), times the steps, plus seconds per dev example × dev examples × evaluations. Job
+   start-up (model load, data, process) is not counted;
+4. ``flops``: the FLOP model, stated in full in :func:`flops`: training ``6·N·T`` for the trained
    model, ``+ 2·N·T`` for the teacher forward of a KD job, dev evaluation ``2·N·T_dev`` per
    evaluation, all × ``QUANT_OVERHEAD`` for fake-quant jobs; time = FLOPs / (peak × MFU).
    ``N`` = the catalogue's ``params_b`` (embeddings included: an overestimate for short inputs,
@@ -61,6 +67,21 @@ def calibrations(root: Path | None = None) -> dict[tuple, float]:
     return {k: sum(v) / len(v) for k, v in out.items()}
 
 
+def benchmark(gpu: str, root: Path | None = None) -> dict:
+    """``{"source": path, "gpu": name, "entries": {key: (s_per_step, eval_s_per_example)}}`` from
+    ``calibration/<gpu>.json`` (module docstring, source 3); ``{}`` when there is none. The key is
+    :func:`_key` without the task."""
+    for base in (Path(root) if root else records.results_dir(), records.REPO / "results"):
+        path = base / "calibration" / f"{gpu}.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            entries = {(e["model"], e["role"], e["method"], e["quant"], e["batch_size"], e["max_len"]):
+                       (float(e["s_per_step"]), float(e["eval_s_per_example"])) for e in data["entries"]}
+            shown = path.relative_to(records.REPO) if path.is_relative_to(records.REPO) else path
+            return {"source": str(shown), "gpu": data.get("gpu", gpu), "entries": entries}
+    return {}
+
+
 def _n_evals(cfg: dict, steps: int) -> int:
     t = cfg.get("train") or {}
     if cfg["role"] == "teacher":
@@ -97,9 +118,10 @@ def precision(cfg: dict) -> str:
     return (cfg.get("protocol") or {}).get("precision", "fp32")
 
 
-def job_cost(job, gpu: str, mfu: float | None, cal: dict, root: Path | None) -> dict:
-    """{"gpu_h", "source", "steps", "gpus"} of one job; source "done" | "measured" | "flops" |
-    "unavailable" (the job cannot run: 0) | "unknown steps" (gpu_h NaN, left out of totals)."""
+def job_cost(job, gpu: str, mfu: float | None, cal: dict, root: Path | None, bench: dict | None = None) -> dict:
+    """{"gpu_h", "source", "steps", "gpus"} of one job; source "done" | "measured" | "benchmark" |
+    "flops" | "unavailable" (the job cannot run: 0) | "unknown steps" (gpu_h NaN, left out of
+    totals). ``bench``: :func:`benchmark`'s result (None or {}: no benchmark source)."""
     gpus = max(1, int((getattr(job, "resources", None) or {}).get("gpus") or 1))
     rec = records.read_result(job.hash, root)
     if rec is not None:
@@ -112,28 +134,38 @@ def job_cost(job, gpu: str, mfu: float | None, cal: dict, root: Path | None) -> 
     key = _key(job.config)
     if key in cal:
         return {"gpu_h": cal[key] * steps * gpus / 3600, "source": "measured", "steps": steps, "gpus": gpus}
+    hit = (bench or {}).get("entries", {}).get(key[:1] + key[2:])
+    if hit is not None:
+        s_step, s_dev = hit
+        sec = s_step * steps + s_dev * DEV_SIZES.get(job.config["task"], 0) * _n_evals(job.config, steps)
+        return {"gpu_h": sec * gpus / 3600, "source": "benchmark", "steps": steps, "gpus": gpus}
     prec = precision(job.config)
     rate = PEAK[gpu][prec] * (mfu if mfu else MFU[prec])
     return {"gpu_h": flops(job.config, steps) / rate / 3600, "source": "flops", "steps": steps, "gpus": gpus}
 
 
-def estimate(table, jobs: list, gpu: str = "h100", mfu: float | None = None, root: Path | None = None) -> dict:
+def estimate(table, jobs: list, gpu: str = "h100", mfu: float | None = None, root: Path | None = None,
+             bench: dict | None = None) -> dict:
     """Per-cell and total GPU-hours of ``jobs`` (each job counted once: a shared teacher is listed
-    under its teacher cell, or as "teacher of <model>/<task>" when the table has no teacher row)."""
+    under its teacher cell, or as "teacher of <model>/<task>" when the table has no teacher row).
+    ``bench`` None: :func:`benchmark` of ``gpu``; ``{}``: no benchmark source."""
     if gpu not in PEAK:
         raise ValueError(f"unknown --gpu {gpu!r}; known: {', '.join(PEAK)}")
     cal = calibrations(root)
+    bench = benchmark(gpu, root) if bench is None else bench
     cells: dict[str, dict] = {}
+    counts: dict[str, int] = {}
     total = remaining = 0.0
     unknown = 0
     for j in jobs:
-        c = job_cost(j, gpu, mfu, cal, root)
+        c = job_cost(j, gpu, mfu, cal, root, bench)
         mname = j.config["model"]["name"] if isinstance(j.config["model"], dict) else j.config["model"]
         name = j.cells[0] if j.cells else f"teacher of {mname}/{j.config['task']}"
         row = cells.setdefault(name, {"cell": name, "role": j.role, "jobs": 0, "gpu_h": 0.0, "steps": c["steps"],
                                       "sources": set(), "precision": precision(j.config)})
         row["jobs"] += 1
         row["sources"].add(c["source"])
+        counts[c["source"]] = counts.get(c["source"], 0) + 1
         if math.isnan(c["gpu_h"]):
             unknown += 1
             continue
@@ -146,10 +178,13 @@ def estimate(table, jobs: list, gpu: str = "h100", mfu: float | None = None, roo
                    "MFU: " + ", ".join(f"{p} {mfu or MFU[p]:.2f}" for p in prec)
                    + (" (--mfu)" if mfu else " (assumed, module runners.estimate)"),
                    f"fake-quant overhead x{QUANT_OVERHEAD} (DESIGN.md CPU measurement, BERT-base shape)",
-                   "FLOPs: 6·N·tokens train + 2·N·tokens teacher forward (KD) + 2·N·dev tokens per evaluation; "
+                   "FLOPs (source flops): 6·N·tokens train + 2·N·tokens teacher forward (KD) + 2·N·dev tokens per evaluation; "
                    "N = catalogue params_b (embeddings included)"]
+    if bench:
+        assumptions.append(f"benchmark: {bench['source']} ({bench['gpu']}; step and dev-forward times of "
+                           "benchmarks/calibrate.py, job start-up not counted)")
     return {"table": table.id, "gpu": gpu, "cells": list(cells.values()), "total_gpu_h": total,
-            "remaining_gpu_h": remaining, "unknown_jobs": unknown, "assumptions": assumptions}
+            "remaining_gpu_h": remaining, "unknown_jobs": unknown, "sources": counts, "assumptions": assumptions}
 
 
 def render(est: dict) -> str:
@@ -165,3 +200,26 @@ def render(est: dict) -> str:
                     "train_size: set it on the column)" if est["unknown_jobs"] else ""))
     lines += [f"  assumption: {a}" for a in est["assumptions"]]
     return "\n".join(lines)
+
+
+def markdown(table, gpu: str = "h100", root: Path | None = None) -> list[str]:
+    """The report's "Cost" section: GPU-hours per cell (all seeds) on ``gpu`` and where each
+    figure comes from (``done`` = the records' own wall time)."""
+    est = estimate(table, table.jobs(), gpu=gpu, root=root)
+    by_cell = {r["cell"]: r for r in est["cells"]}
+    cols = [c for c in table.columns if any(f"{table.id}/{r.id}/{c.id}" in by_cell for r in table.rows)]
+    lines = [f"## Cost ({gpu}, GPU-hours per cell, all seeds)", "",
+             "| Method | " + " | ".join(c.label for c in cols) + " | row |", "|---" * (len(cols) + 2) + "|"]
+    for r in table.rows:
+        cells = [by_cell.get(f"{table.id}/{r.id}/{c.id}") for c in cols]
+        if not any(cells):
+            continue
+        vals = [x["gpu_h"] if x else None for x in cells]
+        lines.append(f"| {r.label} | " + " | ".join("–" if v is None else f"{v:.3g}" for v in vals)
+                     + f" | {sum(v for v in vals if v is not None):.3g} |")
+    extra = [x for name, x in by_cell.items() if not name.startswith(f"{table.id}/")]
+    lines += ["", (f"Shared teachers outside the table's rows: {sum(x['gpu_h'] for x in extra):.3g} GPU-h "
+                   f"({sum(x['jobs'] for x in extra)} jobs). " if extra else "")
+              + f"Total {est['total_gpu_h']:.3g} GPU-h, {est['remaining_gpu_h']:.3g} not yet run. Sources (jobs): "
+              + ", ".join(f"{k} {v}" for k, v in sorted(est["sources"].items())) + " (`runners.estimate`)."]
+    return lines + [f"- {a}" for a in est["assumptions"]]

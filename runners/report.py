@@ -269,7 +269,8 @@ def markdown(table, entries: list[dict], root: Path | None = None) -> str:
         flag = " ⚠ mismatch (SPEC §12.12)" if a["mismatch"] else ""
         lines.append(f"| {_esc(a['label'])} | {a['metric']} | {_f(a['published_avg'])} | "
                      f"{_f(a['recomputed_published_avg'], d=3)}{flag} | {_f(a['reproduced_avg'])} |")
-    return "\n".join(lines + [""] + provenance(table, entries, root)) + "\n"
+    from runners.estimate import markdown as cost
+    return "\n".join(lines + [""] + provenance(table, entries, root) + [""] + cost(table, root=root)) + "\n"
 
 
 def _train(cells) -> str:

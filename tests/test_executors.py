@@ -244,7 +244,7 @@ def test_estimate_uses_records_then_calibration(tmp_path, jobs):
     base = {"config": done.config, "steps": 234, "status": "done"}
     records.write_json_atomic(records.job_dir(done.hash, tmp_path) / "result.json",
                               {**base, "device": "cuda", "wall_s": 468.0})
-    est = estimate.estimate(table, rte + [done.teacher], root=tmp_path)
+    est = estimate.estimate(table, rte + [done.teacher], root=tmp_path, bench={})
     row = next(r for r in est["cells"] if r["cell"] == "glue_bert_base/map/rte")
     assert row["jobs"] == 3 and row["sources"] == {"done", "measured"}
     assert row["gpu_h"] == pytest.approx(3 * 468.0 / 3600)   # 2 s/step measured, x 234 steps, x 3 seeds
@@ -254,6 +254,29 @@ def test_estimate_uses_records_then_calibration(tmp_path, jobs):
     assert est["remaining_gpu_h"] == pytest.approx(2 * 0.13 + flops_only)
     text = estimate.render(est)
     assert "glue_bert_base/map/rte" in text and "MFU: fp32 0.30" in text and "67 TFLOPS" in text
+
+
+def test_estimate_from_a_benchmark_calibration_file(tmp_path, monkeypatch):
+    """Source 3: calibration/<gpu>.json (benchmarks/calibrate.py) prices steps and dev evaluations."""
+    table = load_table(REPO / "registry" / "glue_bert_base.toml")
+    rte = [j for j in table.jobs() if j.cells == ["glue_bert_base/map/rte"]]
+    entry = {"model": "bert-base-uncased", "role": "qat", "method": "map", "quant": "kim2022_w2a8",
+             "batch_size": 32, "max_len": 128, "s_per_step": 0.5, "eval_s_per_example": 0.01}
+    (tmp_path / "calibration").mkdir()
+    (tmp_path / "calibration" / "a100.json").write_text(json.dumps({"gpu": "A100 test", "entries": [entry]}))
+    bench = estimate.benchmark("a100", tmp_path)
+    assert bench["gpu"] == "A100 test" and len(bench["entries"]) == 1
+    c = estimate.job_cost(rte[0], "a100", None, {}, tmp_path, bench)
+    # 234 steps x 0.5 s + 12 evaluations (234 // 20 + 1) x 277 dev examples x 0.01 s
+    assert c["source"] == "benchmark" and c["gpu_h"] == pytest.approx((234 * 0.5 + 12 * 277 * 0.01) / 3600, rel=1e-12)
+    assert estimate.job_cost(rte[0].teacher, "a100", None, {}, tmp_path, bench)["source"] == "flops"
+    est = estimate.estimate(table, rte, gpu="a100", root=tmp_path)
+    assert est["total_gpu_h"] == pytest.approx(3 * c["gpu_h"]) and "A100 test" in estimate.render(est)
+    # the committed H100 measurement is found from any results directory
+    monkeypatch.setenv("KDQAT_RESULTS", str(tmp_path / "elsewhere"))
+    h100 = estimate.benchmark("h100")
+    assert h100["source"] == "results/calibration/h100.json" and "H100" in h100["gpu"]
+    assert estimate.job_cost(rte[0], "h100", None, {}, tmp_path, h100)["source"] == "benchmark"
 
 
 def test_cli_estimate_prints_the_table(capsys):

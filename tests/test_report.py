@@ -226,7 +226,7 @@ def test_markdown_averages_and_provenance(fixed, tmp_path):
     out = tmp_path / "out"
     assert report.main([str(path), "--out", str(out)]) == 0
     text = (out / "rep.md").read_text()
-    main, avgs, rows = md_tables(text)
+    main, avgs, rows, cost = md_tables(text)
     assert main[0] == [" Method ", " A<br>(acc) ", " B<br>(acc) ", " AVG ours / paper "]
     assert [r[0].strip() for r in main[1:]] == ["Full-Prec", "Map", "Output", "Ghost"]
     m, s = hand_mean_std([70.5, 71.5, 69.0])
@@ -255,6 +255,13 @@ def test_markdown_averages_and_provenance(fixed, tmp_path):
     assert "Failed (output/b): RuntimeError: boom failed" in text and "- a note" in text
     assert [r[8].strip() for r in rows[1:]] == ["last", "best", "best", "best"]
     assert rows[1][5].strip() == "optimizer=adamw, lr=0.001, epochs=1, batch_size=16"
+    # cost per cell (runners.estimate): finished jobs count their own 10 s; the 4 jobs without a
+    # record (output/a seed 3, output/b) are priced by the FLOP model, ghost is unavailable (0)
+    c = {r[0].strip(): [x.strip() for x in r[1:]] for r in cost[1:]}
+    one, three = f"{10 / 3600:.3g}", f"{30 / 3600:.3g}"
+    assert c["Full-Prec"] == [one, "–", one] and c["Map"] == [three, three, f"{60 / 3600:.3g}"]
+    assert c["Ghost"] == ["0", "0", "0"]
+    assert "Sources (jobs): done 9, flops 4, unavailable 7 (`runners.estimate`)." in text
 
 
 def test_png_opens_and_is_not_uniform(fixed, tmp_path):
