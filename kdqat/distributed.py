@@ -1,7 +1,7 @@
-"""Data parallelism inside one job: DDP over ``world`` processes, process groups set up by ``accelerate``.
+"""Parallelism inside one job: DDP or FSDP2 over ``world`` processes, process groups set up by ``accelerate``.
 
 A job runs data parallel when ``runners.worker`` is launched by ``torchrun --nproc-per-node W``
-(``resources.device_plan = "ddp"``, ``resources.gpus = W``). Every rank calls :func:`init`
+(``resources.device_plan = "ddp"`` or ``"fsdp"``, ``resources.gpus = W``). Every rank calls :func:`init`
 (``accelerate.PartialState``: gloo on CPU, nccl on CUDA, one GPU per local rank) and runs the SAME
 job inside :func:`data_parallel`, which wraps the loop's entry point ``kdqat.train.train`` (the one
 seam: recipes call it as ``loop.train``) so that:
@@ -27,16 +27,25 @@ invariant to the scale, clipping is not); (c) B not divisible by W weights unequ
 equally (gradients and logged loss). Every rank evaluates the full dev set (identical weights,
 identical metrics); only rank 0 writes the record (``runners.worker``).
 
-FSDP plan (documented, NOT implemented or tested here: it needs several GPUs): for the 7B
-teacher + student of TSLD (SPEC §7), use ``torch.distributed.fsdp.fully_shard`` per decoder
-layer then on the root, for the student (bf16 params, fp32 or bf16 optimizer state per the
-``precision`` switch) AND separately for the teacher, whose forward runs under
-``torch.inference_mode`` and which is never passed to the optimizer. Fake-quant sees the
-all-gathered full weights in forward (per-channel scales stay exact); only the student's
-sharded parameters are in the optimizer. Memory per GPU on 8 H100s (bf16 everything, SPEC §7.2):
-student 7B x (2 param + 2 grad + 4 Adam) B / 8 = 6.7 GB, teacher 13.4 GB / 8 = 1.7 GB, plus
-activations. Seam: the same ``kdqat.train.train`` wrapper, calling ``fully_shard`` instead of
-``replicate`` (and on the teacher), plus sharded checkpoints (``torch.distributed.checkpoint``).
+FSDP (``resources.device_plan = "fsdp"``, for the 7B teacher + student of TSLD, SPEC §7): the
+same seam and the same batch sharding, but the trained model is sharded instead of replicated:
+torch's FSDP2 ``fully_shard`` on every transformer block (the classes HF lists in the model's
+``_no_split_modules``) and then on the root, over a 1-D device mesh of all ranks (gloo on CPU,
+nccl on CUDA). Parameters, gradients and optimizer state live as 1/W shards (DTensors); each
+block's full weights are all-gathered for its forward and backward (fake quantization sees the
+full weight, so per-channel scales are exact) and freed after; gradients are reduce-scattered
+and AVERAGED. The recipes pass the teacher through :func:`prepare_teacher`, which shards it the
+same way (its forward then runs block by block, resharding after each) — it has no gradients and
+is never given to the optimizer. Checkpoints and the saved model hold FULL tensors on every rank
+(``kdqat.checkpoint.model_state`` / ``optim_state``, torch.distributed.checkpoint's full state
+dicts), so a sharded job resumes from rank 0's checkpoint like a DDP one and writes the same
+``model/`` as a single process. Memory per GPU on 8 H100s (bf16 everything, SPEC §7.2): student
+7B x (2 param + 2 grad + 4 Adam) B / 8 = 6.7 GB, teacher 13.4 GB / 8 = 1.7 GB, plus activations
+and one gathered block. Differences from one process: those of DDP above, plus float summation
+order of the reduce-scatter. What is NOT done here: sharded (per-rank) checkpoint files — a full
+checkpoint of a 7B student with Adam state is ~84 GB in fp32 on each rank; for that scale a
+``torch.distributed.checkpoint.save`` per rank is the next step — and mixed-precision policies
+(the ``precision`` switch casts the models themselves).
 """
 from __future__ import annotations
 
@@ -92,12 +101,44 @@ def global_mean(loss: torch.Tensor, world: int) -> torch.Tensor:
     return loss + (g / world - loss.detach())
 
 
+_ACTIVE: tuple[Dist, str] | None = None     # (context, plan) while a data_parallel seam is installed
+
+
+def fully_shard(model: torch.nn.Module, ctx: Dist) -> torch.nn.Module:
+    """FSDP2-shard ``model`` in place over all ``ctx.world`` ranks: every block whose class is in
+    ``model._no_split_modules`` (HF's list of its transformer block classes), then the root."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard as shard_module
+    mesh = init_device_mesh(torch.device(ctx.device).type, (ctx.world,))
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    found = [m for m in model.modules() if type(m).__name__ in blocks]
+    if not found:
+        raise ValueError(f"FSDP: {type(model).__name__} names no transformer block classes "
+                         f"(_no_split_modules = {sorted(blocks)}): nothing to shard per block")
+    for m in found:
+        shard_module(m, mesh=mesh)
+    shard_module(model, mesh=mesh)
+    return model
+
+
+def prepare_teacher(teacher: torch.nn.Module) -> torch.nn.Module:
+    """The teacher as the job's device plan wants it: FSDP-sharded under an active "fsdp" seam
+    (module docstring), else unchanged (DDP never wraps the teacher: it has no gradients)."""
+    if _ACTIVE is not None and _ACTIVE[1] == "fsdp":
+        return fully_shard(teacher, _ACTIVE[0])
+    return teacher
+
+
 @contextmanager
-def data_parallel(ctx: Dist):
+def data_parallel(ctx: Dist, plan: str = "ddp"):
     """Install the seam (module docstring) around ``kdqat.train.train`` for the duration of a
-    job: the trained model is wrapped by composable DDP, ``loss_fn`` gets rank ``ctx.rank``'s
-    shard of each batch and returns :func:`global_mean` of its loss. Restored on exit; with
-    ``ctx.world == 1`` nothing is changed."""
+    job: the trained model is replicated by composable DDP (``plan`` "ddp") or sharded by FSDP2
+    (``plan`` "fsdp", :func:`fully_shard`), ``loss_fn`` gets rank ``ctx.rank``'s shard of each
+    batch and returns :func:`global_mean` of its loss. Restored on exit; with ``ctx.world == 1``
+    nothing is changed."""
+    global _ACTIVE
+    if plan not in ("ddp", "fsdp"):
+        raise ValueError(f"unknown device plan {plan!r}: 'ddp' or 'fsdp'")
     if ctx.world == 1:
         yield
         return
@@ -110,7 +151,10 @@ def data_parallel(ctx: Dist):
     def train(model, data, cfg, loss_fn, *args, **kwargs):
         if id(model) not in wrapped:
             dev = torch.device(ctx.device)
-            replicate(model, find_unused_parameters=True, **({"device_id": dev} if dev.type == "cuda" else {}))
+            if plan == "fsdp":
+                fully_shard(model, ctx)
+            else:
+                replicate(model, find_unused_parameters=True, **({"device_id": dev} if dev.type == "cuda" else {}))
             wrapped.add(id(model))
 
         def sharded_loss(batch, phase, step):
@@ -120,7 +164,9 @@ def data_parallel(ctx: Dist):
         return orig(model, data, cfg, sharded_loss, *args, **kwargs)
 
     loop.train = train
+    _ACTIVE = (ctx, plan)
     try:
         yield
     finally:
         loop.train = orig
+        _ACTIVE = None

@@ -96,7 +96,7 @@ def train(model: torch.nn.Module, data: dict, cfg: LoopConfig, loss_fn: Callable
         if better:
             st["best"] = {"step": step, **m}
             if cfg.keep_best_weights:
-                st["best_state"] = copy.deepcopy(model.state_dict())
+                st["best_state"] = copy.deepcopy(checkpoint.model_state(model))
         if on_log:
             on_log("eval", step, m)
 
@@ -112,12 +112,12 @@ def train(model: torch.nn.Module, data: dict, cfg: LoopConfig, loss_fn: Callable
             on_phase(phase.name)
         fresh = True
         if saved is not None:  # resume inside this phase, or at its start (saved at the previous one's end)
-            model.load_state_dict(saved["model"])
+            checkpoint.load_model_state(model, saved["model"])
             set_rng_state(saved["rng"])
             for k in ("step", "best", "last", "curves", "best_state", "wall_s"):
                 st[k] = saved[k]
             if saved.get("phase", pi) == pi:  # one saved at a phase boundary holds the OLD optimizer
-                opt.load_state_dict(saved["optimizer"])
+                checkpoint.load_optim_state(model, opt, saved["optimizer"])
                 sched.load_state_dict(saved["scheduler"])
                 fresh = False
             resumed_from, saved = st["step"], None
@@ -152,14 +152,14 @@ def train(model: torch.nn.Module, data: dict, cfg: LoopConfig, loss_fn: Callable
                     and st["step"] < total:
                 st["wall_s"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                checkpoint.save(ckpt_path, {**st, "phase": pi, "model": model.state_dict(),
-                                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                checkpoint.save(ckpt_path, {**st, "phase": pi, "model": checkpoint.model_state(model),
+                                            "optimizer": checkpoint.optim_state(model, opt), "scheduler": sched.state_dict(),
                                             "rng": rng_state()})
         start_global = end_global
     if st["last"] is None:
         evaluate(st["step"])  # a run too short for any periodic evaluation still gets one
     if cfg.keep_best_weights and st["best_state"] is not None:
-        model.load_state_dict(st["best_state"])
+        checkpoint.load_model_state(model, st["best_state"])
     st["wall_s"] += time.perf_counter() - t0
     return {"best": st["best"], "last": st["last"], "curves": st["curves"], "steps": st["step"],
             "wall_s": st["wall_s"], "resumed_from": resumed_from}

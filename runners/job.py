@@ -80,7 +80,8 @@ def _run(cfg: dict, jdir: Path, teacher_dir: Path | None, device: str, on_log) -
     if cfg["role"] == "teacher":
         model = load_model(name, head="cls", num_labels=task.num_labels, extra=extra).to(device)
         res = recipe.finetune(job, model, tok, ckpt, on_log)
-        model.save_pretrained(jdir / "model")
+        from kdqat import checkpoint
+        checkpoint.save_pretrained(model, jdir / "model")
         return res
     from transformers import AutoModelForSequenceClassification as Auto
     if cfg["role"] == "approx":

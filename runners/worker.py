@@ -5,13 +5,13 @@ pickled ``runners.registry.Job`` with ``runners.job.execute`` (its record lands 
 ``<root>/runs/<hash>/``) and exits 0 whatever the job's status; a non-zero exit means the worker
 itself died. :func:`run_job` is the same thing as a function (the Slurm and Ray executors ship it).
 
-Device plans (``job.resources``): "single" (default) runs here; "ddp" with ``gpus = W > 1``
+Device plans (``job.resources``): "single" (default) runs here; "ddp" or "fsdp" with ``gpus = W > 1``
 relaunches this module under ``torchrun --standalone --nproc-per-node W`` (on CPU: W gloo
-processes) and waits; each rank runs the job inside ``kdqat.distributed.data_parallel``. Rank 0
+processes) and waits; each rank runs the job inside ``kdqat.distributed.data_parallel`` (DDP replicas or FSDP2 shards). Rank 0
 writes the real record (plus ``"distributed": {world, backend, plan}``); rank r > 0 runs the same
 job against a scratch results root ``<job dir>/rank<r>/`` (teacher linked in, rank 0's checkpoint
-copied in so that all ranks resume at the same step) that is removed afterwards. "fsdp" is refused
-with a failure record (``kdqat.distributed`` documents the plan).
+copied in so that all ranks resume at the same step: checkpoints hold full tensors under both
+plans) that is removed afterwards.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def plan(job) -> tuple[str, int]:
     """(device plan, processes) of a job from its resources."""
     res = getattr(job, "resources", None) or {}
     p = res.get("device_plan") or "single"
-    return p, (int(res.get("gpus") or 1) if p == "ddp" else 1)
+    return p, (int(res.get("gpus") or 1) if p in ("ddp", "fsdp") else 1)
 
 
 def set_threads(threads: int | None) -> None:
@@ -86,11 +86,9 @@ def child_env(extra: dict | None = None) -> dict:
 
 
 def run_job(job, device: str = "cpu", root: Path | str | None = None, threads: int | None = None) -> dict:
-    """Execute ``job`` here (or under torchrun for a "ddp" plan) and return its record."""
+    """Execute ``job`` here (or under torchrun for a "ddp" / "fsdp" plan) and return its record."""
     root = Path(root) if root else records.results_dir()
     p, nproc = plan(job)
-    if p == "fsdp":
-        return crash_record(job, "device_plan 'fsdp' is not implemented (see kdqat.distributed for the plan)", root)
     if nproc > 1:
         with tempfile.TemporaryDirectory() as d:
             pkl = Path(d) / "job.pkl"
@@ -122,11 +120,11 @@ def _rank_main(job, device: str, root: Path, threads: int | None) -> None:
             records.job_dir(job.hash, scratch).mkdir(parents=True, exist_ok=True)
             shutil.copy2(jdir / "ckpt.pt", records.job_dir(job.hash, scratch) / "ckpt.pt")
     distributed.barrier()
-    with distributed.data_parallel(ctx):
+    with distributed.data_parallel(ctx, plan(job)[0]):
         rec = execute(job, device=ctx.device, root=root if ctx.is_main else scratch)
     distributed.barrier()
     if ctx.is_main and rec.get("status") == "done":
-        rec["distributed"] = {"world": ctx.world, "backend": ctx.backend, "plan": "ddp"}
+        rec["distributed"] = {"world": ctx.world, "backend": ctx.backend, "plan": plan(job)[0]}
         records.write_json_atomic(jdir / "result.json", rec)
     if not ctx.is_main:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 
+from kdqat import checkpoint
 from kdqat import train as loop
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -186,13 +187,15 @@ def run(cfg: dict, jdir: Path, teacher_dir: Path | None, device: str, ckpt, on_l
             return model(input_ids=ids, attention_mask=mask, labels=labels).loss, {}
 
         res = loop.train(model, train, lcfg, loss_fn, lambda: data.evaluate(model), ckpt, on_log)
-        model.save_pretrained(jdir / "model")
+        checkpoint.save_pretrained(model, jdir / "model")
         return _finish(res, data, model)
 
     from kdqat.quant import quantize_model
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, attn_implementation=attn, dtype=dtype).to(device)
     student = AutoModelForCausalLM.from_pretrained(teacher_dir, attn_implementation=attn, dtype=dtype).to(device)
     teacher.eval().requires_grad_(False)
+    from kdqat.distributed import prepare_teacher
+    teacher = prepare_teacher(teacher)               # FSDP-sharded under device_plan "fsdp", else as is
     report = quantize_model(student, cfg.get("quant", "tsld_w2a16"), **quant_kwargs(cfg))
     needs = set(method.needs)
 

@@ -110,9 +110,9 @@ class QuantOverride(Strict):
 class Resources(Strict):
     """What one job asks the executor for (``runners.executors``); merged key by key, the most
     specific level wins (no row/column conflict error: resources never change results' identity).
-    ``gpus``: devices per job (with ``device_plan = "ddp"`` on CPU: gloo processes);
+    ``gpus``: devices per job (with ``device_plan = "ddp"`` / ``"fsdp"`` on CPU: gloo processes);
     ``device_plan``: "single" (one device), "ddp" (data parallel over ``gpus``, ``kdqat.distributed``),
-    "fsdp" (documented plan, not implemented: refused at run time)."""
+    "fsdp" (FSDP2: student and teacher sharded over ``gpus``, same module)."""
     gpus: NonNegativeInt | None = None
     cpus: PositiveInt | None = None
     mem_gb: PositiveFloat | None = None
