@@ -206,9 +206,14 @@ def profile(args, which: str) -> None:
     step()
     prof.disable()
     pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if str(getattr(args, "device", "cpu")).startswith("cuda"):
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as p:
         step()
     print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+    if len(acts) > 1:
+        print(p.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
 
 
 def main(argv=None) -> dict:
