@@ -208,18 +208,23 @@ def markdown(table, gpu: str = "h100", root: Path | None = None) -> list[str]:
     est = estimate(table, table.jobs(), gpu=gpu, root=root)
     by_cell = {r["cell"]: r for r in est["cells"]}
     cols = [c for c in table.columns if any(f"{table.id}/{r.id}/{c.id}" in by_cell for r in table.rows)]
-    lines = [f"## Cost ({gpu}, GPU-hours per cell, all seeds)", "",
+    lines = [f"## Cost (hours per cell, all seeds: finished jobs their own wall time x devices, the rest "
+             f"estimated for {gpu})", "",
              "| Method | " + " | ".join(c.label for c in cols) + " | row |", "|---" * (len(cols) + 2) + "|"]
     for r in table.rows:
         cells = [by_cell.get(f"{table.id}/{r.id}/{c.id}") for c in cols]
         if not any(cells):
             continue
         vals = [x["gpu_h"] if x else None for x in cells]
-        lines.append(f"| {r.label} | " + " | ".join("–" if v is None else f"{v:.3g}" for v in vals)
-                     + f" | {sum(v for v in vals if v is not None):.3g} |")
+        unknown = [x is not None and "unknown steps" in x["sources"] for x in cells]
+        lines.append(f"| {r.label} | " + " | ".join("–" if v is None else "?" if u else f"{v:.3g}"
+                                                    for v, u in zip(vals, unknown))
+                     + f" | {'?' if any(unknown) else f'{sum(v for v in vals if v is not None):.3g}'} |")
     extra = [x for name, x in by_cell.items() if not name.startswith(f"{table.id}/")]
     lines += ["", (f"Shared teachers outside the table's rows: {sum(x['gpu_h'] for x in extra):.3g} GPU-h "
                    f"({sum(x['jobs'] for x in extra)} jobs). " if extra else "")
               + f"Total {est['total_gpu_h']:.3g} GPU-h, {est['remaining_gpu_h']:.3g} not yet run. Sources (jobs): "
-              + ", ".join(f"{k} {v}" for k, v in sorted(est["sources"].items())) + " (`runners.estimate`)."]
+              + ", ".join(f"{k} {v}" for k, v in sorted(est["sources"].items())) + " (`runners.estimate`)."
+              + (" ?: the task has no train_size, so the step count is unknown and the job is left out of the "
+                 "total." if est["unknown_jobs"] else "")]
     return lines + [f"- {a}" for a in est["assumptions"]]
