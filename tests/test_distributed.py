@@ -14,6 +14,8 @@ Tolerances (measured on this CPU: teacher 1.2e-7 loss and weights, QAT 3.0e-4 re
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -201,17 +203,45 @@ task = "toy_lm"
 """
 
 
-def test_fsdp_two_gloo_processes_match_one_process(tmp_path):
+# Loaded by every Python process (PYTHONPATH): rank 0 of the job named in KDQAT_TEST_KILL is
+# SIGKILLed right after it writes its first checkpoint (torchrun then ends the other rank).
+KILL_AFTER_CHECKPOINT = """
+import os
+if os.environ.get("KDQAT_TEST_KILL") and os.environ.get("RANK") == "0":
+    import signal
+    from kdqat import checkpoint
+    save = checkpoint.save
+    def dying_save(path, state):
+        save(path, state)
+        if os.environ["KDQAT_TEST_KILL"] in str(path):
+            os.kill(os.getpid(), signal.SIGKILL)
+    checkpoint.save = dying_save
+"""
+
+
+def test_fsdp_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
+    """... and the FSDP Logit+GT job, killed after its step-3 checkpoint (full model and optimizer
+    state), resumes from it on the rerun (sharded state restored on both ranks) and still matches."""
     def jobs(resources):
         p = tmp_path / "d.toml"
         p.write_text(DECODER.replace("RESOURCES", resources))
         return load_table(p).jobs()
     single, fsdp = jobs(""), jobs('resources = { gpus = 2, device_plan = "fsdp" }')
     assert [j.hash for j in fsdp] == [j.hash for j in single]
-    one, two = tmp_path / "one", tmp_path / "two"
-    executors.LocalExecutor(root=one).run(single, lambda j, r: None)
-    executors.LocalExecutor(root=two).run(fsdp, lambda j, r: None)
     teacher, logit_gt, tsld = single
+    one, two, inject = tmp_path / "one", tmp_path / "two", tmp_path / "inject"
+    executors.LocalExecutor(root=one).run(single, lambda j, r: None)
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(KILL_AFTER_CHECKPOINT)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(inject), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("KDQAT_TEST_KILL", logit_gt.hash)
+    first = {r["job"]: r["status"] for r in executors.LocalExecutor(root=two).run(fsdp, lambda j, r: None)}
+    assert first == {teacher.hash: "done", logit_gt.hash: "failed", tsld.hash: "done"}
+    assert (records.job_dir(logit_gt.hash, two) / "ckpt.pt").exists()
+    monkeypatch.delenv("KDQAT_TEST_KILL")
+    rerun = executors.LocalExecutor(root=two).run(fsdp, lambda j, r: None)
+    assert [(r["job"], r["status"]) for r in rerun] == [(logit_gt.hash, "done")]    # only the killed job
+    assert records.read_result(logit_gt.hash, two)["resumed_from"] == 3
     a = {j.hash: records.read_result(j.hash, one) for j in single}
     b = {j.hash: records.read_result(j.hash, two) for j in single}
     for h in a:
