@@ -24,8 +24,8 @@ single-process gradient up to float summation order. Known differences, by desig
 the max over the rank's shard, not the global batch; (b) sum-over-batch reductions (TSLD
 ``batch_reduction = "sum"``, SPEC §4.2) sum over the rank's shard, as each rank of the official
 multi-GPU runs sums its own micro-batch: that term's gradient is 1/W of one process's, so next to
-a mean-reduced term (TSLD's GT) its weight drops by 1/W, and the logged loss is (sum)/W + GT; (c) B not divisible by W weights unequal shards
-equally (gradients and logged loss). Every rank evaluates the full dev set (identical weights,
+a mean-reduced term (TSLD's GT) its weight drops by 1/W, and the logged loss is (sum)/W + GT;
+(c) B not divisible by W weights unequal shards equally (gradients and logged loss). Every rank evaluates the full dev set (identical weights,
 identical metrics); only rank 0 writes the record (``runners.worker``).
 
 FSDP (``resources.device_plan = "fsdp"``, for the 7B teacher + student of TSLD, SPEC §7): the

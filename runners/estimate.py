@@ -45,9 +45,13 @@ MFU = {"fp32": 0.30, "tf32": 0.20, "bf16": 0.15}
 # Fake-quant student step / full-precision step: 5.19 s / 4.09 s = 1.27, measured on CPU for the
 # BERT-base shape (DESIGN.md, "Performance facts"); applied to QAT and PTQ jobs.
 QUANT_OVERHEAD = 1.27
-# Dev examples per task (GLUE: the hub's validation splits; MNLI evaluates matched + mismatched).
-DEV_SIZES = {"cola": 1043, "sst2": 872, "mrpc": 408, "stsb": 1500, "qqp": 40430, "mnli": 9815 + 9832,
-             "qnli": 5463, "rte": 277, "toy_cls": 128}
+
+
+def dev_size(task: str) -> int:
+    """Dev examples of ``task`` (``TaskSpec.dev_size``; 0 when unknown or the task is not built in)."""
+    from kdqat.data.tasks import TASKS
+    spec = TASKS.get(task)
+    return int(spec.dev_size or 0) if spec is not None else 0
 
 
 def _key(cfg: dict) -> tuple:
@@ -109,7 +113,7 @@ def flops(cfg: dict, steps: int) -> float:
     t = cfg.get("train") or {}
     tokens = steps * int(t.get("batch_size") or 0) * int(t.get("max_len") or 0)
     per_token = 0.0 if cfg["role"] == "ptq" else 6 * n + (2 * n if cfg["role"] == "qat" else 0.0)
-    dev_tokens = DEV_SIZES.get(cfg["task"], 0) * int(t.get("max_len") or 0) * _n_evals(cfg, steps)
+    dev_tokens = dev_size(cfg["task"]) * int(t.get("max_len") or 0) * _n_evals(cfg, steps)
     total = per_token * tokens + 2 * n * dev_tokens
     return total * (QUANT_OVERHEAD if cfg["role"] != "teacher" else 1.0)
 
@@ -137,7 +141,7 @@ def job_cost(job, gpu: str, mfu: float | None, cal: dict, root: Path | None, ben
     hit = (bench or {}).get("entries", {}).get(key[:1] + key[2:])
     if hit is not None:
         s_step, s_dev = hit
-        sec = s_step * steps + s_dev * DEV_SIZES.get(job.config["task"], 0) * _n_evals(job.config, steps)
+        sec = s_step * steps + s_dev * dev_size(job.config["task"]) * _n_evals(job.config, steps)
         return {"gpu_h": sec * gpus / 3600, "source": "benchmark", "steps": steps, "gpus": gpus}
     prec = precision(job.config)
     rate = PEAK[gpu][prec] * (mfu if mfu else MFU[prec])

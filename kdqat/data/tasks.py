@@ -45,6 +45,8 @@ class TaskSpec:
     ``dev_splits[0]`` is the selection split; ``dev_prefixes`` has one prefix per dev split.
     ``train_size``: examples in the train split (None: unknown without loading it); the registry's
     dry run prints step counts from it (SPEC §6.1: t_total = ceil(train_size / bs) · epochs).
+    ``dev_size``: examples in all dev splits together (None: unknown); ``runners.estimate`` prices
+    dev evaluations with it.
     ``loader``: ``"module:function"`` giving model-ready splits (encoder tasks:
     :func:`kdqat.data.encoder.load_encoder_task`). ``raw_loader``: for offline encoder tasks, a
     ``"module:function"`` called with no argument returning ``{split: rows}`` of raw text.
@@ -66,6 +68,7 @@ class TaskSpec:
     eval_interval: Mapping[str, int] = field(default_factory=dict, hash=False, compare=False)
     eval_interval_da: Mapping[str, int] = field(default_factory=dict, hash=False, compare=False)
     train_size: int | None = None
+    dev_size: int | None = None
     metric: str = "acc"
     selection_key: str = "acc"
     report_key: str = "acc"
@@ -119,23 +122,25 @@ _CORR = dict(metric="corr", selection_key="corr", report_key="corr", num_labels=
 _GLUE_SPECS = [
     TaskSpec("cola", "classification", _GLUE, "cola", "sentence", None, num_labels=2, max_len=64,
              batch_size=16, eval_interval=_iv(50, 50, 50), eval_interval_da={"p1": 400, "p2": 2000},
-             train_size=8551, metric="mcc", selection_key="mcc", report_key="mcc"),
+             train_size=8551, dev_size=1043, metric="mcc", selection_key="mcc", report_key="mcc"),
     TaskSpec("sst2", "classification", _GLUE, "sst2", "sentence", None, num_labels=2, max_len=64,
-             eval_interval=_iv(100, 100, 200), train_size=67349),
+             eval_interval=_iv(100, 100, 200), train_size=67349, dev_size=872),
     TaskSpec("mrpc", "classification", _GLUE, "mrpc", "sentence1", "sentence2", num_labels=2,
-             eval_interval=_iv(50, 50, 200), eval_interval_da={"p2": 1000}, train_size=3668, **_ACC_F1),
+             eval_interval=_iv(50, 50, 200), eval_interval_da={"p2": 1000}, train_size=3668,
+             dev_size=408, **_ACC_F1),
     TaskSpec("stsb", source=_GLUE, config="stsb", text_a="sentence1", text_b="sentence2",
-             eval_interval=_iv(100, 100, 50), eval_interval_da={"p2": 2000}, train_size=5749, **_CORR),
+             eval_interval=_iv(100, 100, 50), eval_interval_da={"p2": 2000}, train_size=5749,
+             dev_size=1500, **_CORR),
     TaskSpec("qqp", "classification", _GLUE, "qqp", "question1", "question2", num_labels=2,
-             eval_interval=_iv(1000, 1000, 1000), train_size=363846, **_ACC_F1),
+             eval_interval=_iv(1000, 1000, 1000), train_size=363846, dev_size=40430, **_ACC_F1),
     TaskSpec("mnli", "classification", _GLUE, "mnli", "premise", "hypothesis", num_labels=3,
              dev_splits=("validation_matched", "validation_mismatched"), dev_prefixes=("", "mm_"),
-             eval_interval=_iv(8000, 8000, 1000), train_size=392702,
+             eval_interval=_iv(8000, 8000, 1000), train_size=392702, dev_size=9815 + 9832,
              note="selection and report on matched acc; mismatched recorded as mm_acc (SPEC §6.4, §12.4)"),
     TaskSpec("qnli", "classification", _GLUE, "qnli", "question", "sentence", num_labels=2,
-             eval_interval=_iv(1000, 1000, 1000), train_size=104743),
+             eval_interval=_iv(1000, 1000, 1000), train_size=104743, dev_size=5463),
     TaskSpec("rte", "classification", _GLUE, "rte", "sentence1", "sentence2", num_labels=2,
-             eval_interval=_iv(20, 20, 100), eval_interval_da={"p1": 100, "p2": 1000}, train_size=2490),
+             eval_interval=_iv(20, 20, 100), eval_interval_da={"p1": 100, "p2": 1000}, train_size=2490, dev_size=277),
 ]
 
 _KOREAN_NOTE = ("assumed: ULM-large/KLUE/NSMC processors are not public (SPEC §6.5); max_len 128, "
@@ -197,7 +202,7 @@ _LM_CLS_SPECS = [_lm_cls(t) for t in _GLUE_SPECS if t.name in ("cola", "mrpc", "
 # Synthetic tasks for tiny models (tests, smoke tables; kdqat.data.toy): token ids, no tokenizer.
 _TOY_SPECS = [
     TaskSpec("toy_cls", "classification", "offline:toy_cls", None, None, None, num_labels=2, max_len=32,
-             batch_size=16, dev_splits=("dev",), eval_interval=_iv(8, 8, 8), train_size=512,
+             batch_size=16, dev_splits=("dev",), eval_interval=_iv(8, 8, 8), train_size=512, dev_size=128,
              loader="kdqat.data.toy:load_toy_cls",
              note="synthetic: label = more low-third than high-third token ids"),
     TaskSpec("toy_lm", "lm", "offline:toy_lm", None, None, None, label_field=None, max_len=64, batch_size=4,
