@@ -153,8 +153,8 @@ def train(model: torch.nn.Module, data: dict, cfg: LoopConfig, loss_fn: Callable
                 st["wall_s"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 checkpoint.save(ckpt_path, {**st, "phase": pi, "model": checkpoint.model_state(model),
-                                            "optimizer": checkpoint.optim_state(model, opt), "scheduler": sched.state_dict(),
-                                            "rng": rng_state()})
+                                            "optimizer": checkpoint.optim_state(model, opt),
+                                            "scheduler": sched.state_dict(), "rng": rng_state()})
         start_global = end_global
     if st["last"] is None:
         evaluate(st["step"])  # a run too short for any periodic evaluation still gets one
