@@ -206,6 +206,10 @@ def render(est: dict) -> str:
     return "\n".join(lines)
 
 
+def _esc(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
 def markdown(table, gpu: str = "h100", root: Path | None = None) -> list[str]:
     """The report's "Cost" section: GPU-hours per cell (all seeds) on ``gpu`` and where each
     figure comes from (``done`` = the records' own wall time)."""
@@ -214,14 +218,14 @@ def markdown(table, gpu: str = "h100", root: Path | None = None) -> list[str]:
     cols = [c for c in table.columns if any(f"{table.id}/{r.id}/{c.id}" in by_cell for r in table.rows)]
     lines = [f"## Cost (hours per cell, all seeds: finished jobs their own wall time x devices, the rest "
              f"estimated for {gpu})", "",
-             "| Method | " + " | ".join(c.label for c in cols) + " | row |", "|---" * (len(cols) + 2) + "|"]
+             "| Method | " + " | ".join(_esc(c.label) for c in cols) + " | row |", "|---" * (len(cols) + 2) + "|"]
     for r in table.rows:
         cells = [by_cell.get(f"{table.id}/{r.id}/{c.id}") for c in cols]
         if not any(cells):
             continue
         vals = [x["gpu_h"] if x else None for x in cells]
         unknown = [x is not None and "unknown steps" in x["sources"] for x in cells]
-        lines.append(f"| {r.label} | " + " | ".join("–" if v is None else "?" if u else f"{v:.3g}"
+        lines.append(f"| {_esc(r.label)} | " + " | ".join("–" if v is None else "?" if u else f"{v:.3g}"
                                                     for v, u in zip(vals, unknown))
                      + f" | {'?' if any(unknown) else f'{sum(v for v in vals if v is not None):.3g}'} |")
     extra = [x for name, x in by_cell.items() if not name.startswith(f"{table.id}/")]

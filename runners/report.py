@@ -48,6 +48,8 @@ import sys
 from pathlib import Path
 
 from runners import records
+from runners.estimate import _esc
+from runners.estimate import markdown as cost
 
 ALPHA = 0.05
 AVG_TOL = 0.01
@@ -212,10 +214,6 @@ def _f(m, s=None, d=2) -> str:
     return f"{m:.{d}f}" + (f" ± {s:.{d}f}" if s is not None else "")
 
 
-def _esc(s: str) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
-
-
 def _cell_md(e: dict) -> str:
     if e["status"] in ("unavailable", "failed", "not run", "metric missing"):
         ours = f"{e['status']}" + (f" ({e['failed']} failed)" if e["failed"] and e["status"] == "failed" else "")
@@ -269,7 +267,6 @@ def markdown(table, entries: list[dict], root: Path | None = None) -> str:
         flag = " ⚠ mismatch (SPEC §12.12)" if a["mismatch"] else ""
         lines.append(f"| {_esc(a['label'])} | {a['metric']} | {_f(a['published_avg'])} | "
                      f"{_f(a['recomputed_published_avg'], d=3)}{flag} | {_f(a['reproduced_avg'])} |")
-    from runners.estimate import markdown as cost
     return "\n".join(lines + [""] + provenance(table, entries, root) + [""] + cost(table, root=root)) + "\n"
 
 
