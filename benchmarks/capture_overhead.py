@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_overhead import time_interleaved  # noqa: E402  (one interleaved timer for the benchmarks)
 
 
 def build(layers: int, hidden: int, heads: int, seq: int):
@@ -28,21 +32,6 @@ def build(layers: int, hidden: int, heads: int, seq: int):
                      attn_implementation="eager")
     torch.manual_seed(0)
     return BertForSequenceClassification(cfg).train()
-
-
-def time_interleaved(steps: dict, repeats: int) -> dict:
-    """Median seconds of each step; the variants alternate within every repeat so that load
-    changes on a shared machine hit them alike. One warm-up call each."""
-    times = {name: [] for name in steps}
-    for r in range(repeats + 1):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                torch.cuda.synchronize()
-            if r:
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> dict:
@@ -77,9 +66,10 @@ def main(argv=None) -> dict:
             step()
             assert len(cap.records["probs"]) == args.layers
 
-    results = time_interleaved({"eager": step,
-                                "eager+out": lambda: step(output_attentions=True, output_hidden_states=True),
-                                "capture": cap_step}, args.repeats)
+    walls = time_interleaved({"eager": step,
+                              "eager+out": lambda: step(output_attentions=True, output_hidden_states=True),
+                              "capture": cap_step}, args.repeats)["wall"]
+    results = {name: statistics.median(t) for name, t in walls.items()}
 
     print(f"BERT-shaped: layers={args.layers} hidden={args.hidden} heads={args.heads} "
           f"batch={args.batch} seq={args.seq} device={args.device} threads={torch.get_num_threads()} repeats={args.repeats}")

@@ -82,9 +82,10 @@ task = "toy_cls"
 """
 
 
-def _table(tmp_path, resources: str):
+def _table(tmp_path, resources: str, template: str = TABLE):
+    """The jobs of ``template`` with its RESOURCES line replaced by ``resources``."""
     p = tmp_path / "t.toml"
-    p.write_text(TABLE.replace("RESOURCES", resources))
+    p.write_text(template.replace("RESOURCES", resources))
     return load_table(p).jobs()
 
 
@@ -158,28 +159,9 @@ model = "tiny-gpt2-nodrop"
 task = "toy_lm"
 quant = "tsld_w2a16"
 seeds = [1]
+train = { lr = 1e-3, epochs = 1, optimizer = "adamw", warmup = 0.0, weight_decay = 0.0, batch_size = 4, max_steps = 6, checkpoint_every = 3 }
+teacher = { lr = 3e-3, epochs = 1, optimizer = "adamw", warmup = 0.0, weight_decay = 0.0, batch_size = 4, max_steps = 6, selection = "best", eval_interval = 3 }
 RESOURCES
-
-[defaults.train]
-lr = 1e-3
-epochs = 1
-optimizer = "adamw"
-warmup = 0.0
-weight_decay = 0.0
-batch_size = 4
-max_steps = 6
-checkpoint_every = 3
-
-[defaults.teacher]
-lr = 3e-3
-epochs = 1
-optimizer = "adamw"
-warmup = 0.0
-weight_decay = 0.0
-batch_size = 4
-max_steps = 6
-selection = "best"
-eval_interval = 3
 
 [[rows]]
 id = "fp"
@@ -222,11 +204,8 @@ if os.environ.get("KDQAT_TEST_KILL") and os.environ.get("RANK") == "0":
 def test_fsdp_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
     """... and the FSDP Logit+GT job, killed after its step-3 checkpoint (full model and optimizer
     state), resumes from it on the rerun (sharded state restored on both ranks) and still matches."""
-    def jobs(resources):
-        p = tmp_path / "d.toml"
-        p.write_text(DECODER.replace("RESOURCES", resources))
-        return load_table(p).jobs()
-    single, fsdp = jobs(""), jobs('resources = { gpus = 2, device_plan = "fsdp" }')
+    single = _table(tmp_path, "", DECODER)
+    fsdp = _table(tmp_path, 'resources = { gpus = 2, device_plan = "fsdp" }', DECODER)
     assert [j.hash for j in fsdp] == [j.hash for j in single]
     teacher, logit_gt, tsld = single
     one, two, inject = tmp_path / "one", tmp_path / "two", tmp_path / "inject"
